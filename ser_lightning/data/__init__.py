@@ -1,0 +1,1 @@
+"""Shards, streaming, DiME-Aug and the LightningDataModule."""

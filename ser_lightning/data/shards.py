@@ -1,0 +1,567 @@
+"""Write utterance records as WebDataset shards (16 kHz mono FLAC + JSON) and read their cards back.
+
+The format is specified in ``docs/shard-format.md``. Writing is deterministic: the same records and
+audio give byte-identical shards, ``card.json`` and ``rejected.jsonl``, whatever the number of workers.
+Nothing is dropped silently: every utterance left out (by the corpus reader or here) gets a line in
+``rejected.jsonl`` with its reason, and the count is stored in the card.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import re
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import soundfile as sf
+import webdataset as wds
+from tqdm.auto import tqdm
+
+from ser_lightning.corpora.record import SPLIT_NAMES, ReadReport, UtteranceRecord
+from ser_lightning.labels import entropy, votes_to_distribution
+from ser_lightning.stats import vote_statistics
+
+logger = logging.getLogger(__name__)
+
+CARD_NAME = "card.json"
+REJECTED_NAME = "rejected.jsonl"
+SHARD_PATTERN = "{split}-{index:06d}.tar"
+PRIMARY = "primary"
+_SHARD_RE = re.compile(r"^(" + "|".join(SPLIT_NAMES) + r")-\d{6}\.tar(\.partial)?$")
+_TAR_USER = "ser"  # fixed owner names, uid/gid 0 and mtime 0 keep tars byte-identical across runs
+
+
+# --------------------------------------------------------------------------------------------
+# Audio: decode, mono, resample, FLAC
+# --------------------------------------------------------------------------------------------
+
+
+class AudioRejected(ValueError):
+    """An audio file that cannot become a sample; the message is the reason stored in ``rejected.jsonl``."""
+
+
+def load_audio(path: str | Path, sample_rate: int = 16000, min_duration: float = 0.0) -> np.ndarray:
+    """Read any file libsndfile decodes as float32 mono at ``sample_rate``.
+
+    Channels are averaged; other rates are resampled with ``torchaudio.functional.resample``.
+
+    Args:
+        path: audio file.
+        sample_rate: target rate in Hz.
+        min_duration: shortest accepted duration in seconds (measured before resampling).
+
+    Returns:
+        A 1-D float32 array.
+
+    Raises:
+        AudioRejected: the file is missing, does not decode, is empty, has non-finite samples or is
+            shorter than ``min_duration``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AudioRejected("missing audio file")
+    try:
+        data, rate = sf.read(path, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
+        raise AudioRejected(f"audio does not decode: {err}") from err
+    if data.size == 0:
+        raise AudioRejected("empty audio")
+    if not np.isfinite(data).all():
+        raise AudioRejected("non-finite samples")
+    duration = data.shape[0] / rate
+    if duration < min_duration:
+        raise AudioRejected(f"too short: {duration:.3f} s < {min_duration:g} s")
+    mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+    if rate != sample_rate:
+        mono = _resample(mono, int(rate), sample_rate)
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def _resample(audio: np.ndarray, orig_freq: int, new_freq: int) -> np.ndarray:
+    import torch
+    import torchaudio.functional as taf
+
+    out = taf.resample(torch.from_numpy(np.ascontiguousarray(audio)), orig_freq, new_freq)
+    return out.numpy()
+
+
+def encode_flac(audio: np.ndarray, sample_rate: int = 16000) -> tuple[bytes, int]:
+    """Encode mono float audio in [-1, 1] as FLAC PCM_16 in memory.
+
+    Samples outside [-1, 1] (resampling can overshoot) are clipped, never wrapped around.
+
+    Returns:
+        The FLAC bytes and the number of clipped samples.
+    """
+    audio = np.asarray(audio, dtype=np.float32)
+    clipped = int(np.count_nonzero(np.abs(audio) > 1.0))
+    pcm = np.round(np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16)
+    buf = io.BytesIO()
+    sf.write(buf, pcm, sample_rate, format="FLAC", subtype="PCM_16")
+    return buf.getvalue(), clipped
+
+
+@dataclass(frozen=True)
+class _AudioJob:
+    path: str
+    sample_rate: int
+    min_duration: float
+
+
+@dataclass(frozen=True)
+class _AudioResult:
+    flac: bytes | None
+    num_samples: int = 0
+    clipped: int = 0
+    reason: str | None = None
+
+
+def _process_audio(job: _AudioJob) -> _AudioResult:
+    """Worker: decode + encode one file; any failure becomes a rejection, never an exception."""
+    try:
+        audio = load_audio(job.path, job.sample_rate, job.min_duration)
+        flac, clipped = encode_flac(audio, job.sample_rate)
+    except AudioRejected as err:
+        return _AudioResult(None, reason=str(err))
+    except Exception as err:  # one bad file must not stop the run; the reason is recorded
+        return _AudioResult(None, reason=f"audio failed: {type(err).__name__}: {err}")
+    return _AudioResult(flac, len(audio), clipped)
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@contextmanager
+def _single_thread_torch() -> Iterator[None]:
+    """Resample with one thread in the main process too, so workers=1 and workers=N give equal bytes."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _ordered_map(fn: Callable[[Any], Any], items: Sequence[Any], workers: int) -> Iterator[Any]:
+    """``map(fn, items)`` in order, in a spawn process pool when ``workers > 1``, with bounded look-ahead."""
+    if workers <= 1:
+        with _single_thread_torch():
+            yield from map(fn, items)
+        return
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
+        pending: deque[Future[Any]] = deque()
+        todo = iter(items)
+        for item in todo:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 8 * workers:
+                break
+        while pending:
+            result = pending.popleft().result()
+            for item in todo:
+                pending.append(pool.submit(fn, item))
+                break
+            yield result
+
+
+# --------------------------------------------------------------------------------------------
+# Records -> sample JSON
+# --------------------------------------------------------------------------------------------
+
+
+def sample_key(utterance_id: str) -> str:
+    """The ``__key__`` of an utterance: its id with every ``.`` replaced by ``_``."""
+    return utterance_id.replace(".", "_")
+
+
+def _vote_arrays(record: UtteranceRecord, num_classes: int) -> dict[str, np.ndarray]:
+    """Validated vote vectors per source; a ``ValueError`` message is the rejection reason."""
+    if PRIMARY not in record.votes:
+        raise ValueError("no primary votes")
+    votes: dict[str, np.ndarray] = {}
+    for source, counts in record.votes.items():
+        v = np.asarray(counts, dtype=np.float64)
+        if v.shape != (num_classes,):
+            raise ValueError(f"{source} votes have shape {v.shape}, expected ({num_classes},)")
+        if not np.isfinite(v).all() or (v < 0).any():
+            raise ValueError(f"{source} votes are negative or non-finite")
+        if v.sum() <= 0:
+            raise ValueError(f"no {source} votes")
+        votes[source] = v
+    return votes
+
+
+def _finite_list(values: Sequence[float] | None, length: int, name: str) -> list[float] | None:
+    if values is None:
+        return None
+    out = [float(x) for x in values]
+    if len(out) != length or not all(math.isfinite(x) for x in out):
+        raise ValueError(f"{name} must be {length} finite numbers or None, got {list(values)}")
+    return out
+
+
+def sample_meta(record: UtteranceRecord, duration: float) -> dict[str, Any]:
+    """The JSON dict stored with one sample (keys as in ``docs/shard-format.md``).
+
+    Raises:
+        ValueError: the record's votes, ``vad`` or ``vad_scale`` are unusable (the message is the reason).
+    """
+    votes = _vote_arrays(record, len(record.classes))
+    dists = {s: votes_to_distribution(v) for s, v in votes.items()}
+    return {
+        "id": record.id,
+        "corpus": record.corpus,
+        "split": record.split,
+        "transcript": record.transcript or "",
+        "speaker": record.speaker or "",
+        "duration": float(duration),
+        "classes": list(record.classes),
+        "votes": {s: [float(x) for x in v] for s, v in votes.items()},
+        "distribution": {s: [float(x) for x in d] for s, d in dists.items()},
+        "entropy": {s: float(entropy(d)) for s, d in dists.items()},
+        "vad": _finite_list(record.vad, 3, "vad"),
+        "vad_scale": _finite_list(record.vad_scale, 2, "vad_scale"),
+    }
+
+
+def _record_problem(record: UtteranceRecord, seen_keys: set[str]) -> str | None:
+    """Why a record cannot be written (before its audio is read), or ``None``."""
+    if record.split not in SPLIT_NAMES:
+        return f"unknown split {record.split!r} (expected one of {', '.join(SPLIT_NAMES)})"
+    key = sample_key(str(record.id))
+    if not key:
+        return "empty id"
+    if key in seen_keys:
+        return f"duplicate id (key {key!r} already written)"
+    try:
+        sample_meta(record, 0.0)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Tar writing
+# --------------------------------------------------------------------------------------------
+
+
+class _SplitShardWriter:
+    """Rolls ``{split}-NNNNNN.tar`` shards of at most ``maxcount`` samples; renames each when complete."""
+
+    def __init__(self, out_dir: Path, maxcount: int) -> None:
+        self.out_dir = out_dir
+        self.maxcount = maxcount
+        self.shards: dict[str, list[str]] = {}
+        self._split: str | None = None
+        self._count = 0
+        self._file: BinaryIO | None = None
+        self._tar: wds.TarWriter | None = None
+        self._name = ""
+
+    def write(self, split: str, key: str, flac: bytes, meta_json: bytes) -> None:
+        if self._tar is None or split != self._split or self._count >= self.maxcount:
+            self._open(split)
+        assert self._tar is not None
+        self._tar.write({"__key__": key, "flac": flac, "json": meta_json})
+        self._count += 1
+
+    def _open(self, split: str) -> None:
+        self.close()
+        names = self.shards.setdefault(split, [])
+        self._name = SHARD_PATTERN.format(split=split, index=len(names))
+        names.append(self._name)
+        self._split, self._count = split, 0
+        self._file = (self.out_dir / f"{self._name}.partial").open("wb")
+        self._tar = wds.TarWriter(self._file, user=_TAR_USER, group=_TAR_USER, encoder=False, mtime=0)
+
+    def close(self) -> None:
+        if self._tar is None or self._file is None:
+            return
+        self._tar.close()
+        self._file.close()
+        (self.out_dir / f"{self._name}.partial").replace(self.out_dir / self._name)
+        self._tar, self._file = None, None
+
+
+def _is_managed(path: Path) -> bool:
+    names = (CARD_NAME, REJECTED_NAME, CARD_NAME + ".partial", REJECTED_NAME + ".partial")
+    return path.name in names or bool(_SHARD_RE.match(path.name))
+
+
+def check_out_dir(out_dir: str | Path, overwrite: bool = False) -> None:
+    """Refuse an output directory that is a file, or non-empty without a ``card.json`` (unless ``overwrite``).
+
+    Raises:
+        NotADirectoryError: ``out_dir`` exists and is not a directory.
+        FileExistsError: ``out_dir`` holds files but is not a shard directory and ``overwrite`` is false.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"{out_dir}: exists and is not a directory")
+    if not out_dir.is_dir() or overwrite or (out_dir / CARD_NAME).is_file():
+        return
+    if any(out_dir.iterdir()):
+        raise FileExistsError(
+            f"{out_dir}: directory is not empty and holds no {CARD_NAME} (not a shard directory); "
+            "choose an empty directory or pass overwrite=True (--overwrite) to replace only shard files"
+        )
+
+
+def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Create ``out_dir`` or clear the files a previous run wrote there; never touch anything else."""
+    check_out_dir(out_dir, overwrite)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stale = [p for p in out_dir.iterdir() if p.is_file() and _is_managed(p)]
+    for p in stale:
+        p.unlink()
+    if stale:
+        logger.info("%s: removed %d files of a previous run", out_dir, len(stale))
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+
+def _split_order(split: str) -> int:
+    return SPLIT_NAMES.index(split) if split in SPLIT_NAMES else len(SPLIT_NAMES)
+
+
+def _check_classes(records: Sequence[UtteranceRecord]) -> tuple[str, ...]:
+    if not records:
+        raise ValueError("no utterance records to write")
+    classes = tuple(records[0].classes)
+    for r in records:
+        if tuple(r.classes) != classes:
+            raise ValueError(
+                f"records mix class sets: {r.id!r} has {list(r.classes)}, {records[0].id!r} has {list(classes)}"
+            )
+    return classes
+
+
+def _sources(kept_votes: list[dict[str, list[float]]]) -> list[str]:
+    """``primary`` then the other sources every kept sample has (sorted)."""
+    if not kept_votes:
+        return [PRIMARY]
+    common = set.intersection(*(set(v) for v in kept_votes))
+    partial = set.union(*(set(v) for v in kept_votes)) - common
+    if partial:
+        logger.warning("label sources %s are missing in some samples; not listed in the card", sorted(partial))
+    return [PRIMARY, *sorted(common - {PRIMARY})]
+
+
+def _build_card(
+    classes: tuple[str, ...],
+    splits: list[str],
+    primary: dict[str, list[list[float]]],
+    sources: list[str],
+    shards: dict[str, list[str]],
+    num_rejected: int,
+    sample_rate: int,
+) -> dict[str, Any]:
+    all_votes = [v for s in splits for v in primary[s]]
+    stats = {"all": vote_statistics(np.asarray(all_votes).reshape(-1, len(classes)), classes)}
+    for s in splits:
+        stats[s] = vote_statistics(np.asarray(primary[s]).reshape(-1, len(classes)), classes)
+    return {
+        "classes": list(classes),
+        "sources": sources,
+        "rejected": num_rejected,
+        "sample_rate": sample_rate,
+        "num_samples": {s: len(primary[s]) for s in splits},
+        "shards": {s: shards.get(s, []) for s in splits},
+        "stats": stats,
+    }
+
+
+def _reader_rejections(report: ReadReport | None) -> list[dict[str, Any]]:
+    if report is None:
+        return []
+    return [{"id": i, "split": None, "path": "", "reason": r} for i, r in sorted(report.skipped.items())]
+
+
+def write_shards(
+    records: Iterable[UtteranceRecord],
+    out_dir: str | Path,
+    *,
+    sample_rate: int = 16000,
+    min_duration: float = 0.25,
+    maxcount: int = 1000,
+    workers: int = 1,
+    report: ReadReport | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write records as ``{split}-NNNNNN.tar`` WebDataset shards plus ``card.json`` and ``rejected.jsonl``.
+
+    Samples are written sorted by split (in :data:`SPLIT_NAMES` order) then id; the output is
+    byte-identical across runs and worker counts. An utterance whose audio is missing, does not decode,
+    is empty, has non-finite samples or is shorter than ``min_duration`` — or whose record is unusable
+    (unknown split, duplicate id, no primary votes) — is logged and written to ``rejected.jsonl``, as are
+    the reader's ``report.skipped`` entries.
+
+    Args:
+        records: utterances of one class set (mixing class sets raises).
+        out_dir: output directory; created if needed. Files of a previous run there (shards, card,
+            rejected list) are replaced; other files are never touched.
+        sample_rate: rate of the stored audio in Hz.
+        min_duration: shortest accepted utterance in seconds.
+        maxcount: samples per shard at most.
+        workers: processes that decode and encode audio (1: in this process). Workers are spawned, so a
+            script calling this with ``workers > 1`` needs the ``if __name__ == "__main__":`` guard.
+        report: the corpus reader's report; its skipped utterances go to ``rejected.jsonl``.
+        progress: show a tqdm progress bar.
+        overwrite: allow writing into a non-empty directory that holds no ``card.json``.
+
+    Returns:
+        The card (also written to ``out_dir/card.json``).
+
+    Raises:
+        ValueError: no records, records of different class sets, or a bad argument.
+        FileExistsError: ``out_dir`` is non-empty, not a shard directory and ``overwrite`` is false.
+    """
+    if maxcount < 1 or workers < 1 or sample_rate < 1 or min_duration < 0:
+        raise ValueError("need maxcount >= 1, workers >= 1, sample_rate >= 1 and min_duration >= 0")
+    records = sorted(records, key=lambda r: (_split_order(r.split), str(r.id), str(r.audio_path)))
+    classes = _check_classes(records)
+    out_dir = Path(out_dir)
+    _prepare_out_dir(out_dir, overwrite)
+
+    rejected = _reader_rejections(report)
+    todo, seen = [], set()
+    for r in records:
+        problem = _record_problem(r, seen)
+        if problem is None:
+            seen.add(sample_key(str(r.id)))
+            todo.append(r)
+        else:
+            rejected.append(_reject(r, problem))
+    splits = sorted({r.split for r in records if r.split in SPLIT_NAMES}, key=_split_order)
+    primary: dict[str, list[list[float]]] = {s: [] for s in splits}
+    kept_votes: list[dict[str, list[float]]] = []
+    writer = _SplitShardWriter(out_dir, maxcount)
+    jobs = [_AudioJob(str(r.audio_path), sample_rate, min_duration) for r in todo]
+    clipped = 0
+    try:
+        results = _ordered_map(_process_audio, jobs, workers)
+        bar = tqdm(zip(todo, results, strict=True), total=len(todo), disable=not progress, unit="utt", desc="shards")
+        for record, res in bar:
+            if res.flac is None:
+                rejected.append(_reject(record, res.reason or "unknown"))
+                continue
+            meta = sample_meta(record, res.num_samples / sample_rate)
+            writer.write(record.split, sample_key(record.id), res.flac, _dumps(meta).encode("utf-8"))
+            primary[record.split].append(meta["votes"][PRIMARY])
+            kept_votes.append(meta["votes"])
+            clipped += res.clipped > 0
+    finally:
+        writer.close()
+    if clipped:
+        logger.info("%d utterances had samples outside [-1, 1] after resampling; clipped", clipped)
+    card = _build_card(classes, splits, primary, _sources(kept_votes), writer.shards, len(rejected), sample_rate)
+    _write_text(out_dir / REJECTED_NAME, "".join(_dumps(r) + "\n" for r in rejected))
+    _write_text(out_dir / CARD_NAME, json.dumps(card, indent=2, allow_nan=False) + "\n")
+    return card
+
+
+def _reject(record: UtteranceRecord, reason: str) -> dict[str, Any]:
+    logger.warning("rejected %s (%s): %s", record.id, record.audio_path, reason)
+    return {"id": str(record.id), "split": record.split, "path": str(record.audio_path), "reason": reason}
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, allow_nan=False)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def read_card(shard_dir: str | Path) -> dict[str, Any]:
+    """The ``card.json`` of a shard directory.
+
+    Raises:
+        FileNotFoundError: the directory has no card (not written by ``ser-prepare``).
+    """
+    path = Path(shard_dir) / CARD_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no shard card; is {shard_dir} a directory written by ser-prepare?")
+    with path.open(encoding="utf-8") as f:
+        return json.load(f)
+
+
+def shard_paths(shard_dir: str | Path, split: str | None = None) -> list[Path]:
+    """The shard files the card lists, for one split or all (in split order)."""
+    card = read_card(shard_dir)
+    splits = [split] if split is not None else list(card["shards"])
+    if split is not None and split not in card["shards"]:
+        raise KeyError(f"{shard_dir}: no split {split!r}; the card has {list(card['shards'])}")
+    return [Path(shard_dir) / name for s in splits for name in card["shards"][s]]
+
+
+def iter_shard_meta(shard_dir: str | Path, split: str | None = None) -> Iterator[dict[str, Any]]:
+    """Yield the JSON dict of every sample (in shard order) without decoding any audio.
+
+    Args:
+        shard_dir: a directory written by :func:`write_shards`.
+        split: only this split's shards; all when ``None``.
+    """
+    import tarfile
+
+    for path in shard_paths(shard_dir, split):
+        with tarfile.open(path, "r:") as tar:
+            for member in tar:
+                if member.isfile() and member.name.endswith(".json"):
+                    f = tar.extractfile(member)
+                    assert f is not None
+                    try:
+                        yield json.loads(f.read().decode("utf-8"))
+                    except ValueError as err:
+                        raise ValueError(f"{path}: member {member.name}: bad JSON ({err})") from err
+
+
+def shard_dir_statistics(shard_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """The ``ser-stats`` statistics of a shard directory's primary votes: ``all`` and each split.
+
+    Read from ``card.json``; keys per entry as in :data:`ser_lightning.stats.STATS_KEYS`.
+    """
+    card = read_card(shard_dir)
+    if "stats" not in card:
+        raise KeyError(f"{Path(shard_dir) / CARD_NAME}: card has no 'stats' (written by an older ser-prepare?)")
+    return card["stats"]
+
+
+def rejection_summary(shard_dir: str | Path) -> dict[str, Counter[str]]:
+    """Rejected utterances of a shard directory counted per split (``reader`` when the reader skipped them).
+
+    Values count reasons, cut at the first ``:`` (e.g. ``too short``, ``missing audio file``).
+    """
+    summary: dict[str, Counter[str]] = {}
+    path = Path(shard_dir) / REJECTED_NAME
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as err:
+                raise ValueError(f"{path}:{lineno}: bad JSON ({err})") from err
+            split = row.get("split") or "reader"
+            summary.setdefault(split, Counter())[str(row.get("reason", "")).split(":")[0]] += 1
+    return summary

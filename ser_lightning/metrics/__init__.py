@@ -1,0 +1,19 @@
+"""Distribution and classification metrics as torchmetrics ``Metric`` classes, exact under DDP."""
+
+from ser_lightning.metrics.binned import AmbiguityBinnedMetrics
+from ser_lightning.metrics.classification import DominantClassScores
+from ser_lightning.metrics.distribution import (
+    BhattacharyyaCoefficient,
+    DistributionR2,
+    JensenShannonDivergence,
+    KLDivergence,
+)
+
+__all__ = [
+    "AmbiguityBinnedMetrics",
+    "BhattacharyyaCoefficient",
+    "DistributionR2",
+    "DominantClassScores",
+    "JensenShannonDivergence",
+    "KLDivergence",
+]

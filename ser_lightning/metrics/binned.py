@@ -1,0 +1,99 @@
+"""Every metric overall and per ambiguity bin (entropy of the *target* distribution), with means and medians.
+
+Per-utterance scores are kept as ``cat`` states and gathered across ranks, so means, medians and
+per-bin classification scores are exact under DDP (uneven samples per rank included).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+from ser_lightning.metrics.functional.classification import classification_scores, confusion_matrix, dominant_class
+from ser_lightning.metrics.functional.distribution import DISTRIBUTION_METRICS
+
+
+def _target_entropy(target: Tensor) -> Tensor:
+    q = target.double() / target.double().sum(-1, keepdim=True)
+    return -torch.xlogy(q, q).sum(-1)
+
+
+class AmbiguityBinnedMetrics(Metric):
+    """JS, BC, R², KL (mean and median) and acc / F1 / W-F1, overall and per entropy bin.
+
+    Keys of :meth:`compute`: ``js``, ``js_median``, ..., ``acc``, ``f1``, ``wf1``, ``count`` overall and the
+    same under ``bin1/``, ``bin2/``, ... (bin 1 = least ambiguous). A value equal to an edge belongs to
+    the lower bin. Empty bins report ``count`` 0 and NaN scores.
+
+    Args:
+        num_classes: size of the class set.
+        bin_edges: the K-1 sorted inner entropy edges in nats (e.g. training-set tertiles); empty for no bins.
+    """
+
+    full_state_update = False
+    is_differentiable = False
+
+    def __init__(self, num_classes: int, bin_edges: Sequence[float] = (), **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        edges = torch.as_tensor(list(bin_edges), dtype=torch.float64)
+        if edges.numel() > 1 and torch.any(edges[1:] < edges[:-1]):
+            raise ValueError(f"bin_edges must be sorted ascending, got {list(bin_edges)}")
+        self.num_classes = num_classes
+        self.register_buffer("bin_edges", edges, persistent=False)
+        self.add_state("scores", default=[], dist_reduce_fx="cat")
+        self.add_state("bins", default=[], dist_reduce_fx="cat")
+        self.add_state("pred_labels", default=[], dist_reduce_fx="cat")
+        self.add_state("target_labels", default=[], dist_reduce_fx="cat")
+        self.last_confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+
+    @property
+    def num_bins(self) -> int:
+        """Number of ambiguity bins K."""
+        return self.bin_edges.numel() + 1
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        """Add predicted and target distributions, both ``(N, C)``."""
+        preds, target = preds.detach(), target.detach()
+        self.scores.append(torch.stack([fn(preds, target) for fn in DISTRIBUTION_METRICS.values()], dim=-1))
+        edges = self.bin_edges.to(target.device)
+        self.bins.append(torch.bucketize(_target_entropy(target), edges, right=False))
+        self.pred_labels.append(dominant_class(preds))
+        self.target_labels.append(dominant_class(target))
+
+    def _summarise(self, scores: Tensor, pred: Tensor, target: Tensor) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {"count": torch.tensor(float(scores.shape[0]))}
+        empty = scores.shape[0] == 0
+        for i, name in enumerate(DISTRIBUTION_METRICS):
+            col = scores[:, i]
+            out[name] = torch.tensor(float("nan")) if empty else col.mean().float()
+            out[f"{name}_median"] = torch.tensor(float("nan")) if empty else torch.quantile(col, 0.5).float()
+        cls = classification_scores(confusion_matrix(pred, target, self.num_classes))
+        out.update({k: v.float() for k, v in cls.items()})
+        return out
+
+    def compute(self) -> dict[str, Tensor]:
+        """Overall and per-bin results as a flat dict (``js``, ``bin2/bc_median``, ...)."""
+        if isinstance(self.scores, list) and not self.scores:
+            raise RuntimeError("AmbiguityBinnedMetrics.compute() called before any update()")
+        scores = dim_zero_cat(self.scores).double()
+        bins = dim_zero_cat(self.bins)
+        pred = dim_zero_cat(self.pred_labels)
+        target = dim_zero_cat(self.target_labels)
+        out = self._summarise(scores, pred, target)
+        self.last_confusion = confusion_matrix(pred, target, self.num_classes)
+        for b in range(self.num_bins):
+            sel = bins == b
+            for key, value in self._summarise(scores[sel], pred[sel], target[sel]).items():
+                out[f"bin{b + 1}/{key}"] = value
+        return out
+
+    def confusion(self) -> Tensor:
+        """Confusion matrix (rows = plurality class, columns = predicted dominant class) of the last ``compute``.
+
+        It is taken from the synchronised state, so under DDP it covers every rank's samples.
+        """
+        return self.last_confusion

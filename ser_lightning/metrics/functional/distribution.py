@@ -1,0 +1,88 @@
+"""Per-utterance distribution metrics: JS (log 2), Bhattacharyya coefficient, R² and KL.
+
+Each ``*_per_item`` function takes predicted and target distributions of shape ``(N, C)`` and returns
+``(N,)`` scores; both inputs are renormalised first, and zero probabilities never produce NaN. The
+plain functions average over utterances, the convention of these papers' evaluation code.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+_EPS = 1e-10  # the evaluation code's guard for constant vectors and zero probabilities
+
+
+def _check(preds: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    if preds.shape != target.shape or preds.ndim != 2:
+        raise ValueError(f"preds and target must both be (N, C), got {tuple(preds.shape)} and {tuple(target.shape)}")
+    if torch.any(preds < 0) or torch.any(target < 0):
+        raise ValueError("distributions must be non-negative")
+    preds = preds.double()
+    target = target.double()
+    return preds / preds.sum(-1, keepdim=True).clamp_min(_EPS), target / target.sum(-1, keepdim=True).clamp_min(_EPS)
+
+
+def js_divergence_per_item(preds: Tensor, target: Tensor) -> Tensor:
+    """Jensen-Shannon divergence in bits, bounded in [0, 1]: ½ KL(p‖m) + ½ KL(q‖m), m = ½(p + q)."""
+    p, q = _check(preds, target)
+    m = 0.5 * (p + q)
+    kl_pm = torch.xlogy(p, p) - torch.xlogy(p, m)
+    kl_qm = torch.xlogy(q, q) - torch.xlogy(q, m)
+    return (0.5 * (kl_pm + kl_qm).sum(-1) / math.log(2.0)).clamp(0.0, 1.0)
+
+
+def bhattacharyya_coefficient_per_item(preds: Tensor, target: Tensor) -> Tensor:
+    """Bhattacharyya coefficient Σ_c √(p_c q_c), in [0, 1] (1 = identical distributions)."""
+    p, q = _check(preds, target)
+    return torch.sqrt(p * q).sum(-1).clamp(0.0, 1.0)
+
+
+def r2_per_item(preds: Tensor, target: Tensor) -> Tensor:
+    """Squared Pearson correlation between the predicted and target class-probability vectors of one utterance.
+
+    An utterance where either vector is constant scores 0 (the reference code's 1e-10 guard).
+    """
+    p, q = _check(preds, target)
+    pc = p - p.mean(-1, keepdim=True)
+    qc = q - q.mean(-1, keepdim=True)
+    cov = (pc * qc).sum(-1)
+    var = (pc**2).sum(-1) * (qc**2).sum(-1)
+    r2 = torch.where(var > _EPS**2, cov**2 / var.clamp_min(_EPS**2), torch.zeros_like(cov))
+    return r2.clamp(0.0, 1.0)
+
+
+def kl_divergence_per_item(preds: Tensor, target: Tensor) -> Tensor:
+    """KL(target ‖ pred) in nats; predicted zeros are floored at 1e-10 so the result stays finite."""
+    p, q = _check(preds, target)
+    return (torch.xlogy(q, q) - torch.xlogy(q, p.clamp_min(_EPS))).sum(-1).clamp_min(0.0)
+
+
+def js_divergence(preds: Tensor, target: Tensor) -> Tensor:
+    """Mean JS divergence (bits) over utterances."""
+    return js_divergence_per_item(preds, target).mean()
+
+
+def bhattacharyya_coefficient(preds: Tensor, target: Tensor) -> Tensor:
+    """Mean Bhattacharyya coefficient over utterances."""
+    return bhattacharyya_coefficient_per_item(preds, target).mean()
+
+
+def r2_score_distribution(preds: Tensor, target: Tensor) -> Tensor:
+    """Mean per-utterance squared Pearson correlation (the papers' R²)."""
+    return r2_per_item(preds, target).mean()
+
+
+def kl_divergence(preds: Tensor, target: Tensor) -> Tensor:
+    """Mean KL(target ‖ pred) in nats over utterances."""
+    return kl_divergence_per_item(preds, target).mean()
+
+
+DISTRIBUTION_METRICS = {
+    "js": js_divergence_per_item,
+    "bc": bhattacharyya_coefficient_per_item,
+    "r2": r2_per_item,
+    "kl": kl_divergence_per_item,
+}

@@ -1,0 +1,91 @@
+"""Metrics under DDP: 2 gloo CPU processes with uneven samples per rank equal one process over the same data."""
+
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from ser_lightning.metrics import (
+    AmbiguityBinnedMetrics,
+    BhattacharyyaCoefficient,
+    DistributionR2,
+    DominantClassScores,
+    JensenShannonDivergence,
+    KLDivergence,
+)
+
+pytestmark = pytest.mark.integration
+
+EDGES = [0.6, 1.0]
+SIZES = (37, 91)  # uneven on purpose
+
+
+def _data():
+    rng = np.random.default_rng(11)
+    n = sum(SIZES)
+    votes = rng.multinomial(9, rng.dirichlet(np.ones(6) * 0.6), size=n).astype(float)
+    preds = rng.dirichlet(np.ones(6), size=n)
+    return torch.tensor(preds, dtype=torch.float32), torch.tensor(
+        votes / votes.sum(1, keepdims=True), dtype=torch.float32
+    )
+
+
+def _metrics():
+    return {
+        "js": JensenShannonDivergence(),
+        "bc": BhattacharyyaCoefficient(),
+        "r2": DistributionR2(),
+        "kl": KLDivergence(),
+        "cls": DominantClassScores(num_classes=6),
+        "binned": AmbiguityBinnedMetrics(num_classes=6, bin_edges=EDGES),
+    }
+
+
+def _flatten(results):
+    flat = {}
+    for name, value in results.items():
+        if isinstance(value, dict):
+            flat.update({f"{name}.{k}": float(v) for k, v in value.items()})
+        else:
+            flat[name] = float(value)
+    return flat
+
+
+def _compute(metrics, preds, target, batch=16):
+    for i in range(0, len(preds), batch):
+        for m in metrics.values():
+            m.update(preds[i : i + batch], target[i : i + batch])
+    return _flatten({name: m.compute() for name, m in metrics.items()})
+
+
+def _worker(rank, world, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    preds, target = _data()
+    lo = 0 if rank == 0 else SIZES[0]
+    hi = SIZES[0] if rank == 0 else sum(SIZES)
+    result = _compute(_metrics(), preds[lo:hi], target[lo:hi])
+    torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_gloo_equals_single_process(tmp_path):
+    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    preds, target = _data()
+    single = _compute(_metrics(), preds, target)
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        assert got.keys() == single.keys()
+        for key, value in single.items():
+            assert got[key] == pytest.approx(value, abs=1e-6, nan_ok=True), (rank, key)
+    assert single["binned.count"] == sum(SIZES)
