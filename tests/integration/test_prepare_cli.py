@@ -1,0 +1,228 @@
+"""``ser-prepare`` end to end: flags -> reader keywords, out-dir safety, manifest and CREMA-D runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from ser_lightning.cli.prepare import main
+from ser_lightning.corpora.crema_d import VOTE_COLUMNS
+from ser_lightning.corpora.record import ReadReport, UtteranceRecord
+from ser_lightning.data.shards import iter_shard_meta, read_card, shard_dir_statistics
+from ser_lightning.stats import STATS_KEYS, vote_statistics
+
+pytestmark = pytest.mark.integration
+
+
+def noise_wav(path: Path, seconds: float = 0.5, rate: int = 8000, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    sf.write(path, (0.1 * rng.standard_normal(int(seconds * rate))).astype(np.float32), rate)
+    return path
+
+
+def fake_reader(calls: list, tmp_path: Path, classes: tuple[str, ...]):
+    """A reader standing in for a corpus: records its arguments, returns one record."""
+    audio = noise_wav(tmp_path / "fake.wav")
+
+    def read(*args, **kwargs):
+        calls.append((args, kwargs))
+        votes = {"primary": np.ones(len(classes))}
+        record = UtteranceRecord("fake", "fake", "train", audio, "", "", classes, votes)
+        return [record], ReadReport(skipped={"gone": "no votes"})
+
+    return read
+
+
+@pytest.mark.parametrize(
+    ("module", "function", "argv", "expected_args", "expected_kwargs"),
+    [
+        (
+            "iemocap",
+            "read_iemocap",
+            ["iemocap", "--classes", "iemocap4x", "--self-ratings", "--split", "session"]
+            + ["--test-session", "5", "--val-session", "4", "--seed", "3", "--ratios", "0.6,0.2,0.2"],
+            ("ROOT",),
+            {
+                "classes": "iemocap4x",
+                "self_ratings": True,
+                "split": "session",
+                "seed": 3,
+                "ratios": (0.6, 0.2, 0.2),
+                "test_session": 5,
+                "val_session": 4,
+            },
+        ),
+        ("iemocap", "read_iemocap", ["iemocap"], ("ROOT",), {"self_ratings": False}),
+        (
+            "msp_podcast",
+            "read_msp_podcast",
+            ["msp-podcast", "--classes", "msp9", "--split", "folds", "--folds", "4", "--fold", "2"]
+            + ["--seed", "1", "--secondary-weight", "0.5"],
+            ("ROOT",),
+            {"classes": "msp9", "split": "folds", "folds": 4, "fold": 2, "seed": 1, "secondary_weight": 0.5},
+        ),
+        (
+            "crema_d",
+            "read_crema_d",
+            ["crema-d", "--seed", "7", "--ratios", "0.5,0.25,0.25", "--modality", "av"],
+            ("ROOT",),
+            {"seed": 7, "ratios": (0.5, 0.25, 0.25), "modality": "av"},
+        ),
+        (
+            "manifest",
+            "read_manifest",
+            ["manifest", "--manifest", "m.csv", "--classes", "A,B,C", "--split", "random", "--seed", "2"],
+            ("MANIFEST", "A,B,C"),
+            {"split": "random", "seed": 2},
+        ),
+    ],
+)
+def test_flags_map_to_reader_keywords(tmp_path, monkeypatch, module, function, argv, expected_args, expected_kwargs):
+    import importlib
+
+    calls: list = []
+    classes = ("A", "B", "C")
+    monkeypatch.setattr(
+        importlib.import_module(f"ser_lightning.corpora.{module}"), function, fake_reader(calls, tmp_path, classes)
+    )
+    out = tmp_path / "out"
+    common = ["--out", str(out), "--no-progress"]
+    common += ["--root", str(tmp_path)] if module != "manifest" else []
+    assert main(argv + common) == 0
+    ((args, kwargs),) = calls
+    placeholders = {"ROOT": tmp_path, "MANIFEST": Path("m.csv")}
+    assert args == tuple(placeholders.get(a, a) for a in expected_args)
+    assert kwargs == expected_kwargs
+    card = read_card(out)
+    assert card["num_samples"] == {"train": 1}
+    assert card["rejected"] == 1  # the reader's skip is counted
+
+
+def test_usage_errors_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["manifest", "--manifest", "m.csv", "--classes", "nosuchset", "--out", str(tmp_path / "o")])
+    assert err.value.code == 2
+    assert "unknown class set 'nosuchset'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["crema-d", "--root", str(tmp_path), "--out", str(tmp_path / "o"), "--ratios", "0.5,x"])
+    with pytest.raises(SystemExit):
+        main(["crema-d", "--root", str(tmp_path), "--out", str(tmp_path / "o"), "--workers", "0"])
+
+
+def test_refuses_nonempty_out_without_card_before_reading(tmp_path, caplog):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "precious.txt").write_text("user data")
+    # the corpus root does not exist: the out-dir check comes first and names the directory
+    assert main(["crema-d", "--root", str(tmp_path / "nowhere"), "--out", str(out), "--no-progress"]) == 1
+    assert "holds no card.json" in caplog.text
+    assert [p.name for p in out.iterdir()] == ["precious.txt"]
+
+
+def test_reader_error_is_reported_not_raised(tmp_path, caplog):
+    (tmp_path / "processedResults").mkdir()
+    (tmp_path / "processedResults" / "tabulatedVotes.csv").write_text("a,b\n1,2\n")
+    assert main(["crema-d", "--root", str(tmp_path), "--out", str(tmp_path / "out"), "--no-progress"]) == 1
+    assert "tabulatedVotes.csv:1: not a CREMA-D tabulatedVotes.csv header" in caplog.text
+
+
+def test_manifest_end_to_end_with_overwrite(tmp_path, caplog):
+    caplog.set_level("INFO")
+    rows = [("a", "train", 3, 0, 1), ("b", "train", 1, 1, 1), ("c", "val", 0, 2, 2), ("d", "test", 0, 0, 4)]
+    for i, (name, *_) in enumerate(rows):
+        noise_wav(tmp_path / f"{name}.wav", rate=(8000, 22050)[i % 2], seed=i)
+    noise_wav(tmp_path / "e.wav", seconds=0.1)  # too short
+    with (tmp_path / "m.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["audio", "split", "Anger", "Happy", "Sad"])
+        writer.writerows([(f"{n}.wav", s, *v) for n, s, *v in rows])
+        writer.writerow(["e.wav", "test", 1, 0, 0])
+        writer.writerow(["missing.wav", "train", 1, 0, 0])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    argv = ["manifest", "--manifest", str(tmp_path / "m.csv"), "--classes", "Anger,Happy,Sad", "--out", str(out)]
+    assert main([*argv, "--no-progress"]) == 1  # non-empty, no card
+    assert main([*argv, "--no-progress", "--overwrite", "--maxcount", "1", "--workers", "2"]) == 0
+    card = read_card(out)
+    assert card["classes"] == ["Anger", "Happy", "Sad"]
+    assert card["num_samples"] == {"train": 2, "val": 1, "test": 1}
+    assert card["shards"]["train"] == ["train-000000.tar", "train-000001.tar"]
+    assert card["rejected"] == 2
+    rejected = {json.loads(x)["id"]: json.loads(x)["reason"] for x in (out / "rejected.jsonl").open()}
+    assert rejected["e"].startswith("too short")
+    assert set(rejected) == {"e", "missing"}
+    assert (out / "keep.txt").read_text() == "mine"
+    expected = vote_statistics([v for _, _, *v in rows], ["Anger", "Happy", "Sad"])
+    assert shard_dir_statistics(out)["all"]["fleiss_kappa"] == pytest.approx(expected["fleiss_kappa"])
+    assert "train  kept      2, rejected     0" in caplog.text
+    assert "test   kept      1, rejected     1 (too short: 1)" in caplog.text
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main([*argv, "--no-progress", "--maxcount", "1"]) == 0  # a shard dir: rerun in place, same bytes
+    assert before == {p.name: p.read_bytes() for p in out.iterdir()}
+
+
+def _crema_rows(votes_csv: Path, stride: int = 25) -> tuple[list[str], list[list[str]]]:
+    """Every ``stride``-th voice row of the real table (a few hundred, spread over all actors)."""
+    with votes_csv.open(newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        voice = [row for row in reader if row and int(row[0]) // 100000 == 1]
+    return header, voice[::stride]
+
+
+def test_crema_d_end_to_end_matches_vote_statistics(tmp_path, crema_d_votes_path, caplog):
+    caplog.set_level("INFO")
+    header, rows = _crema_rows(crema_d_votes_path)
+    assert 250 <= len(rows) <= 400
+    (tmp_path / "processedResults").mkdir()
+    with (tmp_path / "processedResults" / "tabulatedVotes.csv").open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, quoting=csv.QUOTE_NONNUMERIC)
+        writer.writerow(header)
+        writer.writerows(rows)
+    for extra in ("VideoDemographics.csv", "SentenceFilenames.csv"):
+        if (crema_d_votes_path.parent / extra).is_file():
+            shutil.copy(crema_d_votes_path.parent / extra, tmp_path / extra)
+    col = {h: i for i, h in enumerate(header)}
+    names = [row[col["fileName"]] for row in rows]
+    (tmp_path / "AudioWAV").mkdir()
+    for i, name in enumerate(names):
+        noise_wav(tmp_path / "AudioWAV" / f"{name}.wav", seed=i)
+    broken = names[17]
+    (tmp_path / "AudioWAV" / f"{broken}.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt broken")
+    out = tmp_path / "shards"
+    argv = ["crema-d", "--root", str(tmp_path), "--out", str(out), "--no-progress", "--maxcount", "100"]
+    assert main(argv) == 0
+
+    rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
+    assert [(r["id"], Path(r["path"]).name) for r in rejected] == [(broken, f"{broken}.wav")]
+    assert rejected[0]["reason"].startswith("audio does not decode")
+    kept_rows = [row for row in rows if row[col["fileName"]] != broken]
+    counts = np.array([[float(row[col[c]]) for c in VOTE_COLUMNS] for row in kept_rows])
+    card = read_card(out)
+    assert card["classes"] == ["Anger", "Disgust", "Fear", "Happy", "Neutral", "Sad"]
+    assert card["rejected"] == 1
+    assert sum(card["num_samples"].values()) == len(kept_rows)
+    assert set(card["num_samples"]) == {"train", "val", "test"}
+    expected = vote_statistics(counts, card["classes"])
+    assert card["stats"]["all"]["fleiss_kappa"] == pytest.approx(expected["fleiss_kappa"], rel=1e-12)
+    assert card["stats"]["all"]["entropy_mean"] == pytest.approx(expected["entropy_mean"], rel=1e-12)
+    for key in STATS_KEYS:
+        assert card["stats"]["all"][key] == pytest.approx(expected[key], rel=1e-12)
+
+    by_name = dict(zip([row[col["fileName"]] for row in kept_rows], counts.tolist(), strict=True))
+    metas = list(iter_shard_meta(out))
+    assert sorted(m["id"] for m in metas) == sorted(by_name)
+    for meta in metas:
+        assert meta["votes"]["primary"] == by_name[meta["id"]]
+        assert meta["corpus"] == "crema-d"
+        assert meta["duration"] == pytest.approx(0.5)
+    speakers = {s: {m["speaker"] for m in metas if m["split"] == s} for s in card["num_samples"]}
+    assert not (speakers["train"] & speakers["test"])  # actor-disjoint splits survive the writer
+    assert "rejected" in caplog.text
