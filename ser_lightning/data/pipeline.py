@@ -1,0 +1,389 @@
+"""Decode shard samples, transform them and stream them as batches: the datasets behind ``SERDataModule``.
+
+Train (:class:`TrainStream`): an endless, seeded walk over the shards (every rank and worker starts at
+its own place in a shared per-round shard order) -> tar members -> shuffle buffer -> decode -> optional
+augmentation (DiME-Aug) -> resample to the model's rate -> random crop -> length-bucketed dynamic
+batches -> collate, cut to a fixed number of batches per worker so every rank yields the same count.
+
+Evaluation (:class:`EvalStream`): every shard of the split in card order -> keep sample ``i`` when
+``i % (world_size x workers) == rank x workers + worker`` -> decode -> resample -> center crop ->
+batches -> collate, so each sample is seen exactly once over all ranks and workers, whatever the
+number of shards.
+
+Undecodable samples and unreadable shards are logged and counted by :class:`SkipCounter` (a
+webdataset exception handler) and skipped.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import logging
+import math
+import random
+import tarfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+import webdataset as wds
+from torch.utils.data import IterableDataset, get_worker_info
+
+from ser_lightning.data.batching import Collate, dynamic_batches
+
+log = logging.getLogger(__name__)
+
+Sample = dict[str, Any]
+Augment = Callable[[Iterator[Sample]], Iterator[Sample]]
+
+
+class SampleDecodeError(ValueError):
+    """A shard sample that cannot be turned into a decoded sample dict."""
+
+
+class SkipCounter:
+    """A webdataset exception handler that logs, counts and skips bad samples or shards.
+
+    Returns ``True`` (go on) for every exception, so one bad sample never ends a run; raises once
+    ``max_consecutive`` failures happen without a decoded sample in between, so a stream where nothing
+    decodes (wrong paths, a broken corpus) fails loudly instead of spinning forever.
+
+    Args:
+        max_consecutive: failures in a row that end the stream with a ``RuntimeError``.
+    """
+
+    def __init__(self, max_consecutive: float = 1000) -> None:
+        self.max_consecutive = max_consecutive
+        self.count = 0
+        self.consecutive = 0
+
+    def __call__(self, exn: BaseException) -> bool:
+        """Log and count ``exn``; return ``True`` so the pipeline continues."""
+        self.count += 1
+        self.consecutive += 1
+        log.warning("skipped a bad sample or shard (%d skipped in this worker): %s", self.count, exn)
+        if self.consecutive >= self.max_consecutive:
+            raise RuntimeError(f"{self.consecutive} bad samples or shards in a row; last error: {exn}") from exn
+        return True
+
+    def ok(self) -> None:
+        """Note a successfully decoded sample."""
+        self.consecutive = 0
+
+
+# --------------------------------------------------------------------------------------------
+# One sample: decode, resample, crop
+# --------------------------------------------------------------------------------------------
+
+
+def decode_sample(raw: Sample, label_source: str = "primary", num_classes: int | None = None) -> Sample:
+    """Turn one raw shard sample (``flac`` and ``json`` bytes) into the decoded sample dict.
+
+    Args:
+        raw: a webdataset sample with ``__key__``, ``flac`` and ``json`` members.
+        label_source: which distribution of ``meta["distribution"]`` becomes the ``target``.
+        num_classes: expected length of the target, checked when given.
+
+    Returns:
+        ``{"id", "audio" (float32 mono), "sample_rate", "meta", "target" (float32 (C,))}``.
+
+    Raises:
+        SampleDecodeError: when a member is missing, the audio does not decode or is empty, or the
+            target is absent or not a distribution.
+    """
+    where = f"sample {raw.get('__key__')!r} of {raw.get('__url__', '?')}"
+    try:
+        meta = json.loads(raw["json"])
+        audio, sample_rate = sf.read(io.BytesIO(raw["flac"]), dtype="float32", always_2d=True)
+        target = np.asarray(meta["distribution"][label_source], dtype=np.float32)
+    except Exception as exn:
+        raise SampleDecodeError(f"{where}: {type(exn).__name__}: {exn}") from exn
+    audio = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
+    if audio.size == 0:
+        raise SampleDecodeError(f"{where}: empty audio")
+    if target.ndim != 1 or (num_classes is not None and target.size != num_classes):
+        raise SampleDecodeError(f"{where}: target of shape {target.shape}, expected ({num_classes},)")
+    if not np.all(np.isfinite(target)) or np.any(target < 0) or target.sum() <= 0:
+        raise SampleDecodeError(f"{where}: target {target.tolist()} is not a distribution")
+    return {
+        "id": str(meta.get("id", raw.get("__key__"))),
+        "audio": np.ascontiguousarray(audio),
+        "sample_rate": int(sample_rate),
+        "meta": meta,
+        "target": target / target.sum(),
+    }
+
+
+def resample(audio: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
+    """Resample a 1-D float32 clip with ``torchaudio.functional.resample`` (a no-op when the rates match)."""
+    if orig_rate == new_rate:
+        return audio
+    out = AF.resample(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)), orig_rate, new_rate)
+    return out.numpy()
+
+
+def crop(audio: np.ndarray, max_samples: int | None, rng: random.Random | None = None) -> np.ndarray:
+    """Cut a clip longer than ``max_samples`` to that length: at a random offset with ``rng``, else centered."""
+    if max_samples is None or len(audio) <= max_samples:
+        return audio
+    excess = len(audio) - max_samples
+    start = rng.randint(0, excess) if rng is not None else excess // 2
+    return audio[start : start + max_samples]
+
+
+# --------------------------------------------------------------------------------------------
+# Pipeline stages (iterator -> iterator)
+# --------------------------------------------------------------------------------------------
+
+
+def decode_stage(
+    src: Iterable[Sample], label_source: str, num_classes: int | None, handler: SkipCounter
+) -> Iterator[Sample]:
+    """Decode raw samples with :func:`decode_sample`; bad ones go to ``handler`` and are skipped."""
+    for raw in src:
+        try:
+            sample = decode_sample(raw, label_source, num_classes)
+        except Exception as exn:
+            if handler(exn):
+                continue
+            raise
+        handler.ok()
+        yield sample
+
+
+def transform_stage(
+    src: Iterable[Sample], sample_rate: int, crop_seconds: float | None, rng: random.Random | None
+) -> Iterator[Sample]:
+    """Resample each clip to ``sample_rate``, then crop it to ``crop_seconds`` (random with ``rng``, else centered)."""
+    max_samples = None if crop_seconds is None else max(1, round(crop_seconds * sample_rate))
+    for sample in src:
+        audio = resample(sample["audio"], sample["sample_rate"], sample_rate)
+        yield {**sample, "audio": crop(audio, max_samples, rng), "sample_rate": sample_rate}
+
+
+def shard_cycle(urls: Sequence[str], seed: int, epoch: int, slot: int, slots: int) -> Iterator[dict[str, str]]:
+    """Endless shard stream of one (rank, worker) slot: rounds of a seeded shard order, entered at the slot's offset.
+
+    Every round visits each shard once in an order shared by all slots (seeded by ``seed``, ``epoch`` and
+    the round); slot ``k`` starts at position ``k x len(urls) // slots``, so with at least as many shards as
+    slots the slots read different shards.
+    """
+    n = len(urls)
+    start = slot * n // slots
+    for rnd in itertools.count():
+        order = stream_rng(seed, epoch, rnd).sample(range(n), n)
+        for j in range(n):
+            yield {"url": urls[order[(start + j) % n]]}
+
+
+def shard_list(urls: Sequence[str]) -> Iterator[dict[str, str]]:
+    """Each shard once, in the given order."""
+    return iter([{"url": url} for url in urls])
+
+
+def take_every(src: Iterable[Sample], offset: int, step: int) -> Iterator[Sample]:
+    """Keep items ``offset``, ``offset + step``, ... of a stream (sample-level splitting)."""
+    return itertools.islice(src, offset, None, step)
+
+
+def stream_rng(*keys: int) -> random.Random:
+    """A ``random.Random`` seeded from integer keys (seed, epoch, rank, worker, purpose ...)."""
+    state = np.random.SeedSequence([k % 2**32 for k in keys]).generate_state(2)
+    return random.Random(int(state[0]) << 32 | int(state[1]))
+
+
+def worker_slot(rank: int, world_size: int) -> tuple[int, int, int, int]:
+    """``(worker, num_workers, slot, slots)`` of the calling DataLoader worker (or the main process) on ``rank``."""
+    info = get_worker_info()
+    worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+    return worker, num_workers, rank * num_workers + worker, world_size * num_workers
+
+
+def read_durations(shard: str, limit: int = 512) -> list[float]:
+    """``duration`` (seconds) from the JSON of the first ``limit`` samples of a shard, without decoding audio."""
+    durations: list[float] = []
+    with tarfile.open(shard) as tar:
+        for member in tar:
+            if len(durations) >= limit:
+                break
+            if member.isfile() and member.name.endswith(".json"):
+                handle = tar.extractfile(member)
+                meta = json.loads(handle.read()) if handle is not None else {}
+                if isinstance(meta.get("duration"), int | float) and meta["duration"] > 0:
+                    durations.append(float(meta["duration"]))
+    return durations
+
+
+# --------------------------------------------------------------------------------------------
+# Datasets
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StreamConfig:
+    """What every stream does to a decoded sample.
+
+    Attributes:
+        label_source: distribution used as the target (``primary``, ``merged`` ...).
+        num_classes: length of the target, checked at decoding.
+        sample_rate: the model's sample rate; clips are resampled to it.
+        crop_seconds: longest clip kept (random crop in train, center crop in eval), or ``None``.
+        max_batch_seconds: bound on batch size x longest clip, in seconds.
+        max_batch_size: bound on clips per batch.
+        bucket_buffer: samples sorted together by length before batching.
+        collate: turns a list of samples into the batch dict.
+    """
+
+    label_source: str
+    num_classes: int | None
+    sample_rate: int
+    crop_seconds: float | None
+    max_batch_seconds: float
+    max_batch_size: int
+    bucket_buffer: int
+    collate: Collate
+
+
+class TrainStream(IterableDataset):
+    """Endless shuffled training stream cut to exactly ``batches_per_epoch`` collated batches per rank.
+
+    Worker ``w`` of ``W`` yields ``batches_per_epoch // W`` batches, one more when
+    ``w < batches_per_epoch % W``, so the DataLoader (``batch_size=None``) of every rank yields the same
+    count whatever the shard sizes. The randomness (shard order, shuffle buffer, crops, batch order)
+    is seeded by ``(seed, epoch, rank, worker)``: call :meth:`set_epoch` before each pass for a fresh,
+    reproducible order.
+
+    Args:
+        urls: train shard paths.
+        batches_per_epoch: batches this rank yields per pass.
+        config: decoding, transform and batching settings.
+        rank: this process's rank.
+        world_size: number of ranks.
+        shuffle_buffer: raw samples in the shuffle buffer (0 turns shuffling off).
+        seed: base seed.
+        augment: optional stage over decoded samples, run right after decoding (DiME-Aug).
+    """
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        batches_per_epoch: int,
+        config: StreamConfig,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+        augment: Augment | None = None,
+    ) -> None:
+        super().__init__()
+        if not urls:
+            raise ValueError("TrainStream needs at least one shard")
+        if batches_per_epoch < 1:
+            raise ValueError("batches_per_epoch must be >= 1")
+        self.urls = list(urls)
+        self.batches_per_epoch = batches_per_epoch
+        self.config = config
+        self.rank, self.world_size = rank, world_size
+        self.shuffle_buffer, self.seed, self.augment = shuffle_buffer, seed, augment
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose seeded order the next pass follows."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def worker_batches(self, worker: int, num_workers: int) -> int:
+        """Batches worker ``worker`` of ``num_workers`` yields per pass (they sum to ``batches_per_epoch``)."""
+        return self.batches_per_epoch // num_workers + int(worker < self.batches_per_epoch % num_workers)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        worker, num_workers, slot, slots = worker_slot(self.rank, self.world_size)
+        count = self.worker_batches(worker, num_workers)
+        if count == 0:
+            return iter(())
+
+        def rng(purpose: int) -> random.Random:
+            return stream_rng(self.seed, self.epoch, self.rank, worker, purpose)
+
+        # slots entering the shard order at the same place (fewer shards than slots) split its samples
+        starts = [k * len(self.urls) // slots for k in range(slots)]
+        group = [k for k in range(slots) if starts[k] == starts[slot]]
+        skips = SkipCounter()
+        cfg = self.config
+        stages: list[Any] = [
+            partial(shard_cycle, self.urls, self.seed, self.epoch, slot, slots),
+            wds.tarfile_to_samples(handler=skips),
+            partial(take_every, offset=group.index(slot), step=len(group)),
+        ]
+        if self.shuffle_buffer > 0:
+            stages.append(wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer), rng=rng(0)))
+        stages.append(partial(decode_stage, label_source=cfg.label_source, num_classes=cfg.num_classes, handler=skips))
+        if self.augment is not None:
+            stages.append(self.augment)
+        stages += [
+            partial(transform_stage, sample_rate=cfg.sample_rate, crop_seconds=cfg.crop_seconds, rng=rng(1)),
+            partial(
+                dynamic_batches,
+                sample_rate=cfg.sample_rate,
+                max_batch_seconds=cfg.max_batch_seconds,
+                max_batch_size=cfg.max_batch_size,
+                bucket_buffer=cfg.bucket_buffer,
+                rng=rng(2),
+            ),
+            wds.map(cfg.collate),
+        ]
+        return iter(wds.DataPipeline(*stages).with_epoch(nbatches=count))
+
+
+class EvalStream(IterableDataset):
+    """Every sample of a split exactly once over all ranks and workers, in collated batches.
+
+    Each (rank, worker) reads all shards in card order and keeps sample ``i`` when
+    ``i % (world_size x num_workers) == rank x num_workers + worker``; the split is by sample, so it
+    holds for splits with fewer shards than ranks x workers. Ranks may get different numbers of batches;
+    nothing is padded or repeated.
+
+    Args:
+        urls: the split's shard paths in a fixed order.
+        config: decoding, transform and batching settings.
+        rank: this process's rank.
+        world_size: number of ranks.
+    """
+
+    def __init__(self, urls: Sequence[str], config: StreamConfig, rank: int = 0, world_size: int = 1) -> None:
+        super().__init__()
+        self.urls = list(urls)
+        self.config = config
+        self.rank, self.world_size = rank, world_size
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        _, _, slot, slots = worker_slot(self.rank, self.world_size)
+        skips = SkipCounter(max_consecutive=math.inf)  # a finite stream: skip whatever is bad, count it
+        cfg = self.config
+        pipeline = wds.DataPipeline(
+            partial(shard_list, self.urls),
+            wds.tarfile_to_samples(handler=skips),
+            partial(take_every, offset=slot, step=slots),
+            partial(decode_stage, label_source=cfg.label_source, num_classes=cfg.num_classes, handler=skips),
+            partial(transform_stage, sample_rate=cfg.sample_rate, crop_seconds=cfg.crop_seconds, rng=None),
+            partial(
+                dynamic_batches,
+                sample_rate=cfg.sample_rate,
+                max_batch_seconds=cfg.max_batch_seconds,
+                max_batch_size=cfg.max_batch_size,
+                bucket_buffer=cfg.bucket_buffer,
+                rng=None,
+            ),
+            wds.map(cfg.collate),
+        )
+        yield from pipeline
+        if skips.count:
+            log.warning("rank %d worker slot %d skipped %d bad samples or shards", self.rank, slot, skips.count)

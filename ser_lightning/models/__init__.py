@@ -1,0 +1,7 @@
+"""LightningModules, one file per paper's model."""
+
+from ser_lightning.models.amber2 import AmbER2
+from ser_lightning.models.base import DistributionModule
+from ser_lightning.models.wavlm_multitask import WavLMMultitask
+
+__all__ = ["AmbER2", "DistributionModule", "WavLMMultitask"]

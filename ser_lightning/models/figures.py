@@ -1,0 +1,48 @@
+"""Matplotlib figures logged at the end of evaluation: per-bin metrics and the confusion matrix."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+BAR_METRICS = ("js", "bc", "r2", "acc", "f1")
+
+
+def bin_bar_chart(values: dict[str, torch.Tensor], metrics: Sequence[str] = BAR_METRICS) -> Figure:
+    """Grouped bars: each metric per ambiguity bin (bin 1 = least ambiguous), with sample counts."""
+    bins = sorted({k.split("/")[0] for k in values if k.startswith("bin")}, key=lambda b: int(b[3:]))
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    width = 0.8 / max(len(bins), 1)
+    for i, b in enumerate(bins):
+        heights = [float(values[f"{b}/{m}"]) for m in metrics]
+        count = int(values[f"{b}/count"])
+        ax.bar([x + i * width for x in range(len(metrics))], heights, width, label=f"{b} (n={count})")
+    ax.set_xticks([x + width * (len(bins) - 1) / 2 for x in range(len(metrics))], list(metrics))
+    ax.set_ylim(0, 1)
+    ax.set_title("metrics per ambiguity bin (target entropy)")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(confusion: torch.Tensor, classes: Sequence[str]) -> Figure:
+    """Row-normalised confusion matrix of plurality (rows) against predicted dominant class (columns)."""
+    cm = confusion.double()
+    norm = cm / cm.sum(1, keepdim=True).clamp_min(1)
+    fig, ax = plt.subplots(figsize=(1 + 0.7 * len(classes), 1 + 0.6 * len(classes)))
+    ax.imshow(norm.numpy(), vmin=0, vmax=1, cmap="Blues")
+    for r in range(cm.shape[0]):
+        for c in range(cm.shape[1]):
+            ax.text(c, r, int(cm[r, c]), ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(classes)), list(classes), rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), list(classes))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("plurality")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,321 @@
+"""Decoding, transforms and the train/eval streams over tiny shards; SERDataModule in one process."""
+
+import io
+import json
+import math
+import random
+from collections import Counter
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from ser_lightning.data.batching import Collate, expected_batch_size
+from ser_lightning.data.datamodule import EpochDataLoader, SERDataModule
+from ser_lightning.data.pipeline import (
+    EvalStream,
+    SampleDecodeError,
+    SkipCounter,
+    StreamConfig,
+    TrainStream,
+    crop,
+    decode_sample,
+    read_durations,
+    resample,
+    shard_cycle,
+)
+
+CLASSES = ["Anger", "Happiness", "Neutral", "Sadness"]  # as in conftest.write_test_shards
+RATE = 16000
+
+
+def tone(seconds, freq=440.0, rate=RATE):
+    t = np.arange(int(round(seconds * rate))) / rate
+    return (0.5 * np.sin(2 * math.pi * freq * t)).astype(np.float32)
+
+
+def flac_bytes(audio, rate=RATE):
+    buf = io.BytesIO()
+    sf.write(buf, audio, rate, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def _raw(audio_bytes, meta=None, key="a_1"):
+    meta = meta or {"id": "a.1", "distribution": {"primary": [1, 1, 0, 2]}, "votes": {"primary": [1, 1, 0, 2]}}
+    return {"__key__": key, "__url__": "x.tar", "flac": audio_bytes, "json": json.dumps(meta).encode()}
+
+
+def _config(sample_rate=RATE, crop_seconds=None, max_batch_seconds=4.0, max_batch_size=4):
+    return StreamConfig(
+        label_source="primary",
+        num_classes=len(CLASSES),
+        sample_rate=sample_rate,
+        crop_seconds=crop_seconds,
+        max_batch_seconds=max_batch_seconds,
+        max_batch_size=max_batch_size,
+        bucket_buffer=8,
+        collate=Collate("primary"),
+    )
+
+
+def _paths(shard_dir, split):
+    card = json.loads((shard_dir / "card.json").read_text())
+    return [str(shard_dir / name) for name in card["shards"][split]]
+
+
+# ------------------------------------------------------------------ decode
+
+
+def test_decode_sample_reads_flac_json_and_target():
+    clip = tone(0.5)
+    sample = decode_sample(_raw(flac_bytes(clip)), "primary", num_classes=4)
+    assert sample["id"] == "a.1"
+    assert sample["sample_rate"] == RATE
+    assert sample["audio"].dtype == np.float32
+    assert sample["audio"].shape == clip.shape
+    np.testing.assert_allclose(sample["audio"], clip, atol=1e-4)  # PCM_16 quantisation
+    np.testing.assert_allclose(sample["target"], [0.25, 0.25, 0.0, 0.5])
+    assert sample["target"].dtype == np.float32
+    assert sample["meta"]["votes"]["primary"] == [1, 1, 0, 2]
+
+
+def test_decode_sample_downmixes_stereo():
+    stereo = np.stack([tone(0.2), np.zeros_like(tone(0.2))], axis=1)
+    sample = decode_sample(_raw(flac_bytes(stereo)))
+    assert sample["audio"].ndim == 1
+    np.testing.assert_allclose(sample["audio"], tone(0.2) / 2, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [
+        (_raw(b"garbage bytes" * 10), "LibsndfileError|Error"),
+        (_raw(flac_bytes(tone(0.1)), {"id": "x", "distribution": {}}), "KeyError"),
+        (_raw(flac_bytes(tone(0.1)), {"id": "x", "distribution": {"primary": [0, 0, 0, 0]}}), "not a distribution"),
+        (_raw(flac_bytes(tone(0.1)), {"id": "x", "distribution": {"primary": [1, 2]}}), "shape"),
+        ({"__key__": "k", "json": b"{}"}, "flac"),
+    ],
+)
+def test_decode_sample_rejects_bad_samples(raw, match):
+    with pytest.raises(SampleDecodeError, match=match):
+        decode_sample(raw, "primary", num_classes=4)
+
+
+def test_skip_counter_counts_and_stops_an_endless_failure():
+    skips = SkipCounter(max_consecutive=3)
+    assert skips(ValueError("a")) is True
+    skips.ok()
+    assert skips(ValueError("b")) is True
+    assert skips(ValueError("c")) is True
+    with pytest.raises(RuntimeError, match="3 bad samples"):
+        skips(ValueError("d"))
+    assert skips.count == 4
+
+
+# ------------------------------------------------------------------ transforms
+
+
+def test_resample_changes_length_and_keeps_pitch():
+    clip = tone(1.0, freq=440.0)
+    out = resample(clip, RATE, 8000)
+    assert out.dtype == np.float32
+    assert len(out) == 8000
+    peak_hz = np.argmax(np.abs(np.fft.rfft(out))) * 8000 / len(out)
+    assert peak_hz == pytest.approx(440.0, abs=2.0)
+    assert resample(clip, RATE, RATE) is clip
+
+
+def test_crop_random_is_a_window_and_center_is_centered():
+    clip = np.arange(100, dtype=np.float32)
+    starts = set()
+    for seed in range(20):
+        out = crop(clip, 30, random.Random(seed))
+        assert len(out) == 30
+        np.testing.assert_array_equal(out, np.arange(out[0], out[0] + 30))
+        starts.add(int(out[0]))
+    assert len(starts) > 5
+    np.testing.assert_array_equal(crop(clip, 30), np.arange(35, 65))
+    assert crop(clip, 200) is clip
+    assert crop(clip, None) is clip
+
+
+def test_shard_cycle_slots_start_on_different_shards_and_cycle():
+    urls = [f"s{i}" for i in range(4)]
+    firsts = [next(shard_cycle(urls, 0, 0, slot, 4))["url"] for slot in range(4)]
+    assert sorted(firsts) == urls
+    stream = shard_cycle(urls, 0, 0, 1, 4)
+    seen = [next(stream)["url"] for _ in range(12)]
+    assert Counter(seen) == {u: 3 for u in urls}
+
+
+def test_read_durations_peeks_json_only(shard_dir):
+    durations = read_durations(_paths(shard_dir, "train")[0])
+    assert len(durations) == 11
+    assert all(0.2 <= d <= 1.5 for d in durations)
+
+
+# ------------------------------------------------------------------ streams
+
+
+def test_eval_stream_yields_each_sample_once_resampled_and_center_cropped(shard_dir):
+    stream = EvalStream(_paths(shard_dir, "test"), _config(sample_rate=8000, crop_seconds=0.5))
+    batches = list(stream)
+    ids = [i for b in batches for i in b["ids"]]
+    assert sorted(ids) == [f"test.{n:04d}" for n in range(10)]
+    for batch in batches:
+        assert batch["audio"].shape[1] <= 4000  # 0.5 s at 8 kHz
+        assert batch["audio"].shape[0] * batch["audio"].shape[1] <= 4.0 * 8000
+        assert batch["targets"].shape == (len(batch["ids"]), 4)
+
+
+@pytest.mark.parametrize("world_size", [2, 3, 5, 16])
+def test_eval_stream_splits_by_sample_over_ranks(shard_dir, world_size):
+    ids = []
+    for rank in range(world_size):
+        stream = EvalStream(_paths(shard_dir, "val"), _config(), rank=rank, world_size=world_size)
+        ids += [i for b in stream for i in b["ids"]]
+    assert sorted(ids) == [f"val.{n:04d}" for n in range(13)]
+
+
+def test_eval_stream_skips_and_counts_undecodable_samples(make_shards, caplog):
+    shards = make_shards({"val": [6]}, corrupt=["val.0002"])
+    ids = [i for b in EvalStream(_paths(shards, "val"), _config()) for i in b["ids"]]
+    assert sorted(ids) == ["val.0000", "val.0001", "val.0003", "val.0004", "val.0005"]
+    assert "val.0002" in caplog.text.replace("_", ".")
+    assert "skipped 1 bad" in caplog.text
+
+
+def test_train_stream_yields_exact_batch_count_fresh_and_reproducible_per_epoch(shard_dir):
+    def run(epoch, seed=0):
+        stream = TrainStream(_paths(shard_dir, "train"), 7, _config(crop_seconds=0.6), shuffle_buffer=10, seed=seed)
+        stream.set_epoch(epoch)
+        return [b["ids"] for b in stream]
+
+    first = run(0)
+    assert len(first) == 7
+    assert run(0) == first
+    assert run(1) != first
+    assert run(0, seed=1) != first
+    crop_len = round(0.6 * RATE)
+    stream = TrainStream(_paths(shard_dir, "train"), 3, _config(crop_seconds=0.6))
+    assert all(b["audio"].shape[1] <= crop_len for b in stream)
+    assert len(stream) == 3
+
+
+def test_train_stream_worker_counts_sum_to_the_rank_count(shard_dir):
+    stream = TrainStream(_paths(shard_dir, "train"), 7, _config())
+    assert [stream.worker_batches(w, 3) for w in range(3)] == [3, 2, 2]
+    assert sum(stream.worker_batches(w, 10) for w in range(10)) == 7
+
+
+def test_train_stream_runs_augment_on_decoded_samples_before_resampling(shard_dir):
+    seen = []
+
+    def augment(samples):
+        for sample in samples:
+            seen.append((sample["sample_rate"], len(sample["audio"]), sample["audio"].dtype, set(sample)))
+            yield {**sample, "audio": sample["audio"] * 0}
+
+    stream = TrainStream(_paths(shard_dir, "train"), 2, _config(sample_rate=8000), augment=augment)
+    batches = list(stream)
+    assert seen
+    assert all(rate == RATE and dtype == np.float32 for rate, _, dtype, _ in seen)
+    assert all(keys >= {"id", "audio", "sample_rate", "meta", "target"} for *_, keys in seen)
+    assert all(float(b["audio"].abs().max()) == 0.0 for b in batches)
+
+
+def test_train_stream_over_dataloader_workers_keeps_the_count(shard_dir):
+    stream = TrainStream(_paths(shard_dir, "train"), 5, _config(), shuffle_buffer=4)
+    loader = EpochDataLoader(stream, batch_size=None, num_workers=2)
+    assert len(loader) == 5
+    first = [b["ids"] for b in loader]
+    second = [b["ids"] for b in loader]  # no trainer: the pass count is the epoch
+    assert len(first) == len(second) == 5
+    assert first != second
+    assert stream.epoch == 1
+
+
+# ------------------------------------------------------------------ SERDataModule (one process)
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, "utterance": 2, "says": 3, "hello": 4}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]")
+
+
+def test_datamodule_card_properties(shard_dir):
+    dm = SERDataModule(str(shard_dir))
+    assert dm.classes == CLASSES
+    assert dm.num_classes == 4
+    card = json.loads((shard_dir / "card.json").read_text())
+    assert dm.bin_edges == card["stats"]["train"]["tertile_edges"]
+    assert len(dm.bin_edges) == 2
+    assert dm.card["num_samples"]["train"] == 24
+    totals = card["stats"]["train"]["vote_totals"]
+    assert dm.class_counts == [totals[c] for c in CLASSES]
+    assert sum(dm.class_counts) == 24 * 5  # 5 raters per clip
+
+
+def test_datamodule_rejects_bad_configuration(shard_dir):
+    with pytest.raises(ValueError, match="max_batch_seconds"):
+        SERDataModule(str(shard_dir), max_batch_seconds=0)
+    with pytest.raises(ValueError, match="label_source"):
+        SERDataModule(str(shard_dir), label_source="merged").setup("fit")
+    with pytest.raises(ValueError, match="split 'dev'"):
+        SERDataModule(str(shard_dir), val_split="dev").setup("validate")
+    with pytest.raises(FileNotFoundError, match="card.json"):
+        _ = SERDataModule(str(shard_dir / "nowhere")).classes
+
+
+def test_datamodule_estimates_train_batches_from_durations(shard_dir):
+    dm = SERDataModule(str(shard_dir), max_batch_seconds=2.0, max_batch_size=32)
+    size = expected_batch_size(read_durations(_paths(shard_dir, "train")[0]), 2.0, 32)
+    assert 1 < size < 10  # clips of 0.2-1.5 s in 2 s batches
+    assert dm.train_batches(world_size=1) == math.ceil(24 / size)
+    assert dm.train_batches(world_size=2) == math.ceil(24 / (2 * size))
+    assert SERDataModule(str(shard_dir), train_batches_per_epoch=9).train_batches(world_size=4) == 9
+
+
+def test_datamodule_batches_with_tokenizer_from_connect(shard_dir, tiny_tokenizer):
+    dm = SERDataModule(str(shard_dir), num_workers=0, max_batch_size=4, max_text_length=3)
+    dm.connect(sample_rate=8000, tokenizer=tiny_tokenizer)
+    dm.setup("test")
+    batches = list(dm.test_dataloader())
+    assert sorted(i for b in batches for i in b["ids"]) == [f"test.{n:04d}" for n in range(10)]
+    batch = batches[0]
+    expected = {"audio", "audio_mask", "targets", "votes", "entropy", "vad", "ids", "transcripts"}
+    assert set(batch) == expected | {"text_input_ids", "text_attention_mask"}
+    assert batch["text_input_ids"].shape == (len(batch["ids"]), 3)  # truncated to max_text_length
+    assert batch["text_input_ids"][0].tolist() == tiny_tokenizer(batch["transcripts"][0])["input_ids"][:3]
+    assert batch["text_input_ids"][0, 0] == 2  # "utterance"
+    assert batch["audio"].shape[1] <= 1.5 * 8000 + 1
+
+
+def test_datamodule_loads_tokenizer_from_a_local_path(shard_dir, tiny_tokenizer, tmp_path):
+    tiny_tokenizer.save_pretrained(tmp_path / "tok")
+    dm = SERDataModule(str(shard_dir), num_workers=0, text_tokenizer=str(tmp_path / "tok"))
+    dm.setup("validate")
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["text_input_ids"].dtype == torch.long
+    assert batch["text_attention_mask"].sum() > 0
+
+
+def test_datamodule_train_loader_follows_the_seed(shard_dir):
+    def ids(seed):
+        dm = SERDataModule(str(shard_dir), num_workers=0, seed=seed, train_batches_per_epoch=4, shuffle_buffer=8)
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        return [b["ids"] for b in loader], [b["ids"] for b in loader]
+
+    (a0, a1), (b0, b1), (c0, _) = ids(0), ids(0), ids(1)
+    assert a0 == b0
+    assert a1 == b1
+    assert a0 != a1
+    assert a0 != c0
