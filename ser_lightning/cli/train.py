@@ -72,6 +72,7 @@ class SERLightningCLI(LightningCLI):
 
     def _write_metrics(self, stage: str) -> None:
         trainer = self.trainer
+        log_dir = trainer.log_dir  # a collective call under DDP: every rank asks, rank 0 writes
         if trainer.global_rank != 0:
             return
         metrics: dict[str, Any] = {
@@ -81,7 +82,7 @@ class SERLightningCLI(LightningCLI):
         metrics["reference"] = reference_scores(self.datamodule.shards, self.datamodule.label_source, split)
         ckpt = getattr(trainer, "ckpt_path", None)
         metrics["checkpoint"] = str(ckpt) if ckpt else None
-        out = Path(trainer.log_dir or trainer.default_root_dir) / f"{stage}_metrics.json"
+        out = Path(log_dir or trainer.default_root_dir) / f"{stage}_metrics.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         ref = metrics["reference"]

@@ -155,7 +155,13 @@ class SERDataModule(L.LightningDataModule):
             path = self.shards / "card.json"
             if not path.is_file():
                 raise FileNotFoundError(f"no card.json in {self.shards}: is it a directory written by ser-prepare?")
-            self._card = json.loads(path.read_text(encoding="utf-8"))
+            card = json.loads(path.read_text(encoding="utf-8"))
+            sources = card.get("sources", [])
+            if sources and self.label_source not in sources:
+                raise ValueError(
+                    f"{path}: label_source {self.label_source!r} is not in these shards (they have {sources})"
+                )
+            self._card = card
         return self._card
 
     @property

@@ -40,20 +40,17 @@ import torchaudio
 import webdataset as wds
 from tqdm.auto import tqdm
 
-from ser_lightning.data.dime import (
-    INDEX_FILE,
-    INDEX_VERSION,
-    POOL_AUDIO_FILE,
-    POOL_OFFSETS_FILE,
-    dime_amounts,
-    minority_classes,
-    nearest_neighbours,
-    standardise,
-)
+from ser_lightning.data.card import read_card
+from ser_lightning.data.dime import dime_amounts, minority_classes, nearest_neighbours, standardise
 from ser_lightning.labels import plurality
 
 Encoder = Callable[[np.ndarray, int, str], np.ndarray]
 """A frozen encoder: ``(float32 audio, sample_rate, transcript) -> 1-D feature vector``."""
+
+INDEX_FILE = "index.json"
+POOL_AUDIO_FILE = "pool_audio.npy"
+POOL_OFFSETS_FILE = "pool_offsets.npy"
+INDEX_VERSION = 1
 
 FEATURE_BLOCKS = ("acoustic", "lexical", "encoder")
 _N_FFT, _HOP = 400, 160  # 25 ms windows, 10 ms hop at 16 kHz
@@ -157,14 +154,6 @@ def feature_matrix(rows: Sequence[Mapping[str, np.ndarray]], balance_blocks: boo
 # --------------------------------------------------------------------------------------------
 # Reading shards
 # --------------------------------------------------------------------------------------------
-
-
-def read_card(shards_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The shard directory's ``card.json``."""
-    path = Path(shards_dir) / "card.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no card.json in {shards_dir}; is it a `ser-prepare --out` directory?")
-    return json.loads(path.read_text())
 
 
 def _dataset(urls: list[str], json_only: bool) -> wds.WebDataset:

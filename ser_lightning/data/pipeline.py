@@ -30,11 +30,10 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
-import torch
-import torchaudio.functional as AF
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
+from ser_lightning.data import audio_io
 from ser_lightning.data.batching import Collate, dynamic_batches
 
 log = logging.getLogger(__name__)
@@ -124,8 +123,7 @@ def resample(audio: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
     """Resample a 1-D float32 clip with ``torchaudio.functional.resample`` (a no-op when the rates match)."""
     if orig_rate == new_rate:
         return audio
-    out = AF.resample(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)), orig_rate, new_rate)
-    return out.numpy()
+    return audio_io.resample(audio, orig_rate, new_rate)
 
 
 def crop(audio: np.ndarray, max_samples: int | None, rng: random.Random | None = None) -> np.ndarray:
@@ -249,6 +247,25 @@ class StreamConfig:
     bucket_buffer: int
     collate: Collate
 
+    def decode_stage(self, handler: SkipCounter) -> Callable[[Iterable[Sample]], Iterator[Sample]]:
+        """:func:`decode_stage` with this config's label source and class count."""
+        return partial(decode_stage, label_source=self.label_source, num_classes=self.num_classes, handler=handler)
+
+    def transform_stage(self, rng: random.Random | None) -> Callable[[Iterable[Sample]], Iterator[Sample]]:
+        """:func:`transform_stage` to this config's rate and crop (random crops with ``rng``, else centered)."""
+        return partial(transform_stage, sample_rate=self.sample_rate, crop_seconds=self.crop_seconds, rng=rng)
+
+    def batch_stage(self, rng: random.Random | None) -> Callable[[Iterable[Sample]], Iterator[list[Sample]]]:
+        """:func:`~ser_lightning.data.batching.dynamic_batches` with this config's bounds (shuffled with ``rng``)."""
+        return partial(
+            dynamic_batches,
+            sample_rate=self.sample_rate,
+            max_batch_seconds=self.max_batch_seconds,
+            max_batch_size=self.max_batch_size,
+            bucket_buffer=self.bucket_buffer,
+            rng=rng,
+        )
+
 
 class TrainStream(IterableDataset):
     """Endless shuffled training stream cut to exactly ``batches_per_epoch`` collated batches per rank.
@@ -325,21 +342,10 @@ class TrainStream(IterableDataset):
         ]
         if self.shuffle_buffer > 0:
             stages.append(wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer), rng=rng(0)))
-        stages.append(partial(decode_stage, label_source=cfg.label_source, num_classes=cfg.num_classes, handler=skips))
+        stages.append(cfg.decode_stage(skips))
         if self.augment is not None:
             stages.append(self.augment)
-        stages += [
-            partial(transform_stage, sample_rate=cfg.sample_rate, crop_seconds=cfg.crop_seconds, rng=rng(1)),
-            partial(
-                dynamic_batches,
-                sample_rate=cfg.sample_rate,
-                max_batch_seconds=cfg.max_batch_seconds,
-                max_batch_size=cfg.max_batch_size,
-                bucket_buffer=cfg.bucket_buffer,
-                rng=rng(2),
-            ),
-            wds.map(cfg.collate),
-        ]
+        stages += [cfg.transform_stage(rng(1)), cfg.batch_stage(rng(2)), wds.map(cfg.collate)]
         return iter(wds.DataPipeline(*stages).with_epoch(nbatches=count))
 
 
@@ -372,16 +378,9 @@ class EvalStream(IterableDataset):
             partial(shard_list, self.urls),
             wds.tarfile_to_samples(handler=skips),
             partial(take_every, offset=slot, step=slots),
-            partial(decode_stage, label_source=cfg.label_source, num_classes=cfg.num_classes, handler=skips),
-            partial(transform_stage, sample_rate=cfg.sample_rate, crop_seconds=cfg.crop_seconds, rng=None),
-            partial(
-                dynamic_batches,
-                sample_rate=cfg.sample_rate,
-                max_batch_seconds=cfg.max_batch_seconds,
-                max_batch_size=cfg.max_batch_size,
-                bucket_buffer=cfg.bucket_buffer,
-                rng=None,
-            ),
+            cfg.decode_stage(skips),
+            cfg.transform_stage(None),
+            cfg.batch_stage(None),
             wds.map(cfg.collate),
         )
         yield from pipeline

@@ -1,181 +1,59 @@
-"""Write utterance records as WebDataset shards (16 kHz mono FLAC + JSON) and read their cards back.
+"""Write utterance records as WebDataset shards (16 kHz mono FLAC + JSON), a card and a rejection list.
 
 The format is specified in ``docs/shard-format.md``. Writing is deterministic: the same records and
 audio give byte-identical shards, ``card.json`` and ``rejected.jsonl``, whatever the number of workers.
 Nothing is dropped silently: every utterance left out (by the corpus reader or here) gets a line in
 ``rejected.jsonl`` with its reason, and the count is stored in the card.
+
+Audio decoding and encoding is in :mod:`ser_lightning.data.audio_io`; building and reading the card,
+and reading a written directory back, in :mod:`ser_lightning.data.card`.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
 import re
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
-from multiprocessing import get_context
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-import soundfile as sf
 import webdataset as wds
 from tqdm.auto import tqdm
 
 from ser_lightning.corpora.record import SPLIT_NAMES, ReadReport, UtteranceRecord
+from ser_lightning.data.audio_io import AudioJob, ordered_map, process_audio
+from ser_lightning.data.card import (
+    CARD_NAME,
+    PRIMARY,
+    REJECTED_NAME,
+    build_card,
+    common_sources,
+    iter_shard_meta,
+    rejection_summary,
+    shard_dir_statistics,
+)
 from ser_lightning.labels import entropy, votes_to_distribution
-from ser_lightning.stats import vote_statistics
+
+__all__ = [
+    "SHARD_PATTERN",
+    "check_out_dir",
+    "sample_key",
+    "sample_meta",
+    "write_shards",
+    # readers of a written directory, defined in ser_lightning.data.card (cli/ and the datamodule import them here)
+    "iter_shard_meta",
+    "rejection_summary",
+    "shard_dir_statistics",
+]
 
 logger = logging.getLogger(__name__)
 
-CARD_NAME = "card.json"
-REJECTED_NAME = "rejected.jsonl"
 SHARD_PATTERN = "{split}-{index:06d}.tar"
-PRIMARY = "primary"
 _SHARD_RE = re.compile(r"^(" + "|".join(SPLIT_NAMES) + r")-\d{6}\.tar(\.partial)?$")
 _TAR_USER = "ser"  # fixed owner names, uid/gid 0 and mtime 0 keep tars byte-identical across runs
-
-
-# --------------------------------------------------------------------------------------------
-# Audio: decode, mono, resample, FLAC
-# --------------------------------------------------------------------------------------------
-
-
-class AudioRejected(ValueError):
-    """An audio file that cannot become a sample; the message is the reason stored in ``rejected.jsonl``."""
-
-
-def load_audio(path: str | Path, sample_rate: int = 16000, min_duration: float = 0.0) -> np.ndarray:
-    """Read any file libsndfile decodes as float32 mono at ``sample_rate``.
-
-    Channels are averaged; other rates are resampled with ``torchaudio.functional.resample``.
-
-    Args:
-        path: audio file.
-        sample_rate: target rate in Hz.
-        min_duration: shortest accepted duration in seconds (measured before resampling).
-
-    Returns:
-        A 1-D float32 array.
-
-    Raises:
-        AudioRejected: the file is missing, does not decode, is empty, has non-finite samples or is
-            shorter than ``min_duration``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise AudioRejected("missing audio file")
-    try:
-        data, rate = sf.read(path, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
-        raise AudioRejected(f"audio does not decode: {err}") from err
-    if data.size == 0:
-        raise AudioRejected("empty audio")
-    if not np.isfinite(data).all():
-        raise AudioRejected("non-finite samples")
-    duration = data.shape[0] / rate
-    if duration < min_duration:
-        raise AudioRejected(f"too short: {duration:.3f} s < {min_duration:g} s")
-    mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
-    if rate != sample_rate:
-        mono = _resample(mono, int(rate), sample_rate)
-    return np.ascontiguousarray(mono, dtype=np.float32)
-
-
-def _resample(audio: np.ndarray, orig_freq: int, new_freq: int) -> np.ndarray:
-    import torch
-    import torchaudio.functional as taf
-
-    out = taf.resample(torch.from_numpy(np.ascontiguousarray(audio)), orig_freq, new_freq)
-    return out.numpy()
-
-
-def encode_flac(audio: np.ndarray, sample_rate: int = 16000) -> tuple[bytes, int]:
-    """Encode mono float audio in [-1, 1] as FLAC PCM_16 in memory.
-
-    Samples outside [-1, 1] (resampling can overshoot) are clipped, never wrapped around.
-
-    Returns:
-        The FLAC bytes and the number of clipped samples.
-    """
-    audio = np.asarray(audio, dtype=np.float32)
-    clipped = int(np.count_nonzero(np.abs(audio) > 1.0))
-    pcm = np.round(np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16)
-    buf = io.BytesIO()
-    sf.write(buf, pcm, sample_rate, format="FLAC", subtype="PCM_16")
-    return buf.getvalue(), clipped
-
-
-@dataclass(frozen=True)
-class _AudioJob:
-    path: str
-    sample_rate: int
-    min_duration: float
-
-
-@dataclass(frozen=True)
-class _AudioResult:
-    flac: bytes | None
-    num_samples: int = 0
-    clipped: int = 0
-    reason: str | None = None
-
-
-def _process_audio(job: _AudioJob) -> _AudioResult:
-    """Worker: decode + encode one file; any failure becomes a rejection, never an exception."""
-    try:
-        audio = load_audio(job.path, job.sample_rate, job.min_duration)
-        flac, clipped = encode_flac(audio, job.sample_rate)
-    except AudioRejected as err:
-        return _AudioResult(None, reason=str(err))
-    except Exception as err:  # one bad file must not stop the run; the reason is recorded
-        return _AudioResult(None, reason=f"audio failed: {type(err).__name__}: {err}")
-    return _AudioResult(flac, len(audio), clipped)
-
-
-def _init_worker() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-
-
-@contextmanager
-def _single_thread_torch() -> Iterator[None]:
-    """Resample with one thread in the main process too, so workers=1 and workers=N give equal bytes."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _ordered_map(fn: Callable[[Any], Any], items: Sequence[Any], workers: int) -> Iterator[Any]:
-    """``map(fn, items)`` in order, in a spawn process pool when ``workers > 1``, with bounded look-ahead."""
-    if workers <= 1:
-        with _single_thread_torch():
-            yield from map(fn, items)
-        return
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
-        pending: deque[Future[Any]] = deque()
-        todo = iter(items)
-        for item in todo:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= 8 * workers:
-                break
-        while pending:
-            result = pending.popleft().result()
-            for item in todo:
-                pending.append(pool.submit(fn, item))
-                break
-            yield result
 
 
 # --------------------------------------------------------------------------------------------
@@ -333,7 +211,7 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Public API
+# Writing a shard directory
 # --------------------------------------------------------------------------------------------
 
 
@@ -351,41 +229,6 @@ def _check_classes(records: Sequence[UtteranceRecord]) -> tuple[str, ...]:
                 f"records mix class sets: {r.id!r} has {list(r.classes)}, {records[0].id!r} has {list(classes)}"
             )
     return classes
-
-
-def _sources(kept_votes: list[dict[str, list[float]]]) -> list[str]:
-    """``primary`` then the other sources every kept sample has (sorted)."""
-    if not kept_votes:
-        return [PRIMARY]
-    common = set.intersection(*(set(v) for v in kept_votes))
-    partial = set.union(*(set(v) for v in kept_votes)) - common
-    if partial:
-        logger.warning("label sources %s are missing in some samples; not listed in the card", sorted(partial))
-    return [PRIMARY, *sorted(common - {PRIMARY})]
-
-
-def _build_card(
-    classes: tuple[str, ...],
-    splits: list[str],
-    primary: dict[str, list[list[float]]],
-    sources: list[str],
-    shards: dict[str, list[str]],
-    num_rejected: int,
-    sample_rate: int,
-) -> dict[str, Any]:
-    all_votes = [v for s in splits for v in primary[s]]
-    stats = {"all": vote_statistics(np.asarray(all_votes).reshape(-1, len(classes)), classes)}
-    for s in splits:
-        stats[s] = vote_statistics(np.asarray(primary[s]).reshape(-1, len(classes)), classes)
-    return {
-        "classes": list(classes),
-        "sources": sources,
-        "rejected": num_rejected,
-        "sample_rate": sample_rate,
-        "num_samples": {s: len(primary[s]) for s in splits},
-        "shards": {s: shards.get(s, []) for s in splits},
-        "stats": stats,
-    }
 
 
 def _reader_rejections(report: ReadReport | None) -> list[dict[str, Any]]:
@@ -454,10 +297,10 @@ def write_shards(
     primary: dict[str, list[list[float]]] = {s: [] for s in splits}
     kept_votes: list[dict[str, list[float]]] = []
     writer = _SplitShardWriter(out_dir, maxcount)
-    jobs = [_AudioJob(str(r.audio_path), sample_rate, min_duration) for r in todo]
+    jobs = [AudioJob(str(r.audio_path), sample_rate, min_duration) for r in todo]
     clipped = 0
     try:
-        results = _ordered_map(_process_audio, jobs, workers)
+        results = ordered_map(process_audio, jobs, workers)
         bar = tqdm(zip(todo, results, strict=True), total=len(todo), disable=not progress, unit="utt", desc="shards")
         for record, res in bar:
             if res.flac is None:
@@ -472,7 +315,8 @@ def write_shards(
         writer.close()
     if clipped:
         logger.info("%d utterances had samples outside [-1, 1] after resampling; clipped", clipped)
-    card = _build_card(classes, splits, primary, _sources(kept_votes), writer.shards, len(rejected), sample_rate)
+    sources = common_sources(kept_votes)
+    card = build_card(classes, splits, primary, sources, writer.shards, len(rejected), sample_rate)
     _write_text(out_dir / REJECTED_NAME, "".join(_dumps(r) + "\n" for r in rejected))
     _write_text(out_dir / CARD_NAME, json.dumps(card, indent=2, allow_nan=False) + "\n")
     return card
@@ -491,77 +335,3 @@ def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".partial")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
-
-
-def read_card(shard_dir: str | Path) -> dict[str, Any]:
-    """The ``card.json`` of a shard directory.
-
-    Raises:
-        FileNotFoundError: the directory has no card (not written by ``ser-prepare``).
-    """
-    path = Path(shard_dir) / CARD_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no shard card; is {shard_dir} a directory written by ser-prepare?")
-    with path.open(encoding="utf-8") as f:
-        return json.load(f)
-
-
-def shard_paths(shard_dir: str | Path, split: str | None = None) -> list[Path]:
-    """The shard files the card lists, for one split or all (in split order)."""
-    card = read_card(shard_dir)
-    splits = [split] if split is not None else list(card["shards"])
-    if split is not None and split not in card["shards"]:
-        raise KeyError(f"{shard_dir}: no split {split!r}; the card has {list(card['shards'])}")
-    return [Path(shard_dir) / name for s in splits for name in card["shards"][s]]
-
-
-def iter_shard_meta(shard_dir: str | Path, split: str | None = None) -> Iterator[dict[str, Any]]:
-    """Yield the JSON dict of every sample (in shard order) without decoding any audio.
-
-    Args:
-        shard_dir: a directory written by :func:`write_shards`.
-        split: only this split's shards; all when ``None``.
-    """
-    import tarfile
-
-    for path in shard_paths(shard_dir, split):
-        with tarfile.open(path, "r:") as tar:
-            for member in tar:
-                if member.isfile() and member.name.endswith(".json"):
-                    f = tar.extractfile(member)
-                    assert f is not None
-                    try:
-                        yield json.loads(f.read().decode("utf-8"))
-                    except ValueError as err:
-                        raise ValueError(f"{path}: member {member.name}: bad JSON ({err})") from err
-
-
-def shard_dir_statistics(shard_dir: str | Path) -> dict[str, dict[str, Any]]:
-    """The ``ser-stats`` statistics of a shard directory's primary votes: ``all`` and each split.
-
-    Read from ``card.json``; keys per entry as in :data:`ser_lightning.stats.STATS_KEYS`.
-    """
-    card = read_card(shard_dir)
-    if "stats" not in card:
-        raise KeyError(f"{Path(shard_dir) / CARD_NAME}: card has no 'stats' (written by an older ser-prepare?)")
-    return card["stats"]
-
-
-def rejection_summary(shard_dir: str | Path) -> dict[str, Counter[str]]:
-    """Rejected utterances of a shard directory counted per split (``reader`` when the reader skipped them).
-
-    Values count reasons, cut at the first ``:`` (e.g. ``too short``, ``missing audio file``).
-    """
-    summary: dict[str, Counter[str]] = {}
-    path = Path(shard_dir) / REJECTED_NAME
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as err:
-                raise ValueError(f"{path}:{lineno}: bad JSON ({err})") from err
-            split = row.get("split") or "reader"
-            summary.setdefault(split, Counter())[str(row.get("reason", "")).split(":")[0]] += 1
-    return summary

@@ -24,19 +24,16 @@ class PredictionWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.output_path = output_path
         self._handle: Any = None
+        self._target = Path("predictions.jsonl")
 
-    def _target(self, trainer: L.Trainer) -> Path:
-        if self.output_path:
-            return Path(self.output_path)
-        return Path(trainer.log_dir or trainer.default_root_dir) / "predictions.jsonl"
-
-    def _part(self, trainer: L.Trainer, rank: int) -> Path:
-        target = self._target(trainer)
-        return target.with_name(f"{target.stem}.rank{rank}.jsonl")
+    def _part(self, rank: int) -> Path:
+        return self._target.with_name(f"{self._target.stem}.rank{rank}.jsonl")
 
     def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Open this rank's part file."""
-        part = self._part(trainer, trainer.global_rank)
+        """Resolve the output file (trainer.log_dir is collective under DDP) and open this rank's part."""
+        log_dir = trainer.log_dir
+        self._target = Path(self.output_path or Path(log_dir or trainer.default_root_dir) / "predictions.jsonl")
+        part = self._part(trainer.global_rank)
         part.parent.mkdir(parents=True, exist_ok=True)
         self._handle = part.open("w", encoding="utf-8")
 
@@ -62,8 +59,8 @@ class PredictionWriter(BasePredictionWriter):
             return
         lines = []
         for rank in range(trainer.world_size):
-            part = self._part(trainer, rank)
+            part = self._part(rank)
             lines.extend(part.read_text(encoding="utf-8").splitlines())
             part.unlink()
         lines.sort(key=lambda line: json.loads(line)["id"])
-        self._target(trainer).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        self._target.write_text("".join(line + "\n" for line in lines), encoding="utf-8")

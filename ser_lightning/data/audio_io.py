@@ -1,0 +1,167 @@
+"""Audio for the shards: decode any file to 16 kHz mono, resample, encode FLAC, in a deterministic process pool.
+
+The shard writer (:mod:`ser_lightning.data.shards`) stores what :func:`load_audio` and :func:`encode_flac`
+make of each file. Resampling always runs on one torch thread (in the main process and in every worker),
+so one worker and many give byte-identical audio.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+# --------------------------------------------------------------------------------------------
+# Decode, mono, resample, FLAC
+# --------------------------------------------------------------------------------------------
+
+
+class AudioRejected(ValueError):
+    """An audio file that cannot become a sample; the message is the reason stored in ``rejected.jsonl``."""
+
+
+def load_audio(path: str | Path, sample_rate: int = 16000, min_duration: float = 0.0) -> np.ndarray:
+    """Read any file libsndfile decodes as float32 mono at ``sample_rate``.
+
+    Channels are averaged; other rates are resampled with ``torchaudio.functional.resample``.
+
+    Args:
+        path: audio file.
+        sample_rate: target rate in Hz.
+        min_duration: shortest accepted duration in seconds (measured before resampling).
+
+    Returns:
+        A 1-D float32 array.
+
+    Raises:
+        AudioRejected: the file is missing, does not decode, is empty, has non-finite samples or is
+            shorter than ``min_duration``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AudioRejected("missing audio file")
+    try:
+        data, rate = sf.read(path, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
+        raise AudioRejected(f"audio does not decode: {err}") from err
+    if data.size == 0:
+        raise AudioRejected("empty audio")
+    if not np.isfinite(data).all():
+        raise AudioRejected("non-finite samples")
+    duration = data.shape[0] / rate
+    if duration < min_duration:
+        raise AudioRejected(f"too short: {duration:.3f} s < {min_duration:g} s")
+    mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+    if rate != sample_rate:
+        mono = resample(mono, int(rate), sample_rate)
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def resample(audio: np.ndarray, orig_freq: int, new_freq: int) -> np.ndarray:
+    """Resample a 1-D clip to float32 with ``torchaudio.functional.resample`` (default sinc filter)."""
+    import torch
+    import torchaudio.functional as taf
+
+    out = taf.resample(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)), orig_freq, new_freq)
+    return out.numpy()
+
+
+def encode_flac(audio: np.ndarray, sample_rate: int = 16000) -> tuple[bytes, int]:
+    """Encode mono float audio in [-1, 1] as FLAC PCM_16 in memory.
+
+    Samples outside [-1, 1] (resampling can overshoot) are clipped, never wrapped around.
+
+    Returns:
+        The FLAC bytes and the number of clipped samples.
+    """
+    audio = np.asarray(audio, dtype=np.float32)
+    clipped = int(np.count_nonzero(np.abs(audio) > 1.0))
+    pcm = np.round(np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16)
+    buf = io.BytesIO()
+    sf.write(buf, pcm, sample_rate, format="FLAC", subtype="PCM_16")
+    return buf.getvalue(), clipped
+
+
+# --------------------------------------------------------------------------------------------
+# One file per job, in order, in a spawn process pool
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AudioJob:
+    """One file to decode, resample and encode."""
+
+    path: str
+    sample_rate: int
+    min_duration: float
+
+
+@dataclass(frozen=True)
+class AudioResult:
+    """The FLAC bytes of a job, or ``flac=None`` and the rejection ``reason``."""
+
+    flac: bytes | None
+    num_samples: int = 0
+    clipped: int = 0
+    reason: str | None = None
+
+
+def process_audio(job: AudioJob) -> AudioResult:
+    """Worker: decode + encode one file; any failure becomes a rejection, never an exception."""
+    try:
+        audio = load_audio(job.path, job.sample_rate, job.min_duration)
+        flac, clipped = encode_flac(audio, job.sample_rate)
+    except AudioRejected as err:
+        return AudioResult(None, reason=str(err))
+    except Exception as err:  # one bad file must not stop the run; the reason is recorded
+        return AudioResult(None, reason=f"audio failed: {type(err).__name__}: {err}")
+    return AudioResult(flac, len(audio), clipped)
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@contextmanager
+def single_thread_torch() -> Iterator[None]:
+    """Run torch on one thread inside the block (so resampling gives the same bytes as in a pool worker)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def ordered_map(fn: Callable[[Any], Any], items: Sequence[Any], workers: int) -> Iterator[Any]:
+    """``map(fn, items)`` in order, in a spawn process pool when ``workers > 1``, with bounded look-ahead."""
+    if workers <= 1:
+        with single_thread_torch():
+            yield from map(fn, items)
+        return
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
+        pending: deque[Future[Any]] = deque()
+        todo = iter(items)
+        for item in todo:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 8 * workers:
+                break
+        while pending:
+            result = pending.popleft().result()
+            for item in todo:
+                pending.append(pool.submit(fn, item))
+                break
+            yield result
