@@ -17,6 +17,10 @@ gets 4-12 simulated raters whose votes follow a Dirichlet-multinomial fitted to 
 Audio is 16 kHz mono, quantised to ``bits`` (12 by default: samples are multiples of 16/32768, peaks
 below 0.5), which FLAC stores in about 60% of the space of full 16-bit samples.
 
+Here: the plan (levels, splits, votes), the records and the build. The espeak-ng voice and the prosody
+of each clip are in :mod:`ser_lightning.data.demo_synth`, the README written beside the shards in
+:mod:`ser_lightning.data.demo_readme`.
+
 Build (deterministic: the same espeak-ng version and seed give byte-identical shards)::
 
     python -m ser_lightning.data.demo build --out shards/demo --seed 0

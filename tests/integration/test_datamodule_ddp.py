@@ -7,7 +7,6 @@ over 3 uneven shards, both through the loaders directly and through a Lightning 
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -15,44 +14,18 @@ import socket
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import webdataset as wds
+from shard_fixtures import CLASSES, write_test_shards
 
 from ser_lightning.data.datamodule import SERDataModule
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
-CLASSES = ["Anger", "Happiness", "Neutral", "Sadness"]
 SHARDS = {"train": [23, 5, 12], "val": [13]}  # uneven train shards; one val shard for 2 ranks x 2 workers
 WORLD, WORKERS, EPOCHS = 2, 2, 2
-
-
-def _write_shards(out_dir: Path) -> None:
-    """A minimal corpus in the docs/shard-format.md layout (the unit tests' conftest has the full version)."""
-    rng = np.random.default_rng(0)
-    card = {"classes": CLASSES, "sources": ["primary"], "sample_rate": 16000, "num_samples": {}, "shards": {}}
-    for split, sizes in SHARDS.items():
-        card["shards"][split] = [f"{split}-{k:06d}.tar" for k in range(len(sizes))]
-        card["num_samples"][split] = sum(sizes)
-        n = 0
-        for name, size in zip(card["shards"][split], sizes, strict=True):
-            with wds.TarWriter(str(out_dir / name)) as sink:
-                for _ in range(size):
-                    uid, n = f"{split}.{n:04d}", n + 1
-                    seconds = float(rng.uniform(0.2, 1.2))
-                    votes = rng.multinomial(5, np.ones(4) / 4).astype(float).tolist()
-                    meta = {"id": uid, "transcript": uid, "duration": seconds, "classes": CLASSES, "vad": None}
-                    meta |= {"votes": {"primary": votes}, "distribution": {"primary": [v / 5 for v in votes]}}
-                    buf = io.BytesIO()
-                    sf.write(buf, rng.uniform(-0.3, 0.3, int(seconds * 16000)), 16000, format="FLAC", subtype="PCM_16")
-                    sink.write({"__key__": uid.replace(".", "_"), "flac": buf.getvalue(), "json": json.dumps(meta)})
-    card["stats"] = {"train": {"tertile_edges": [0.9, 1.2]}}
-    (out_dir / "card.json").write_text(json.dumps(card))
 
 
 def _datamodule(shards: str) -> SERDataModule:
@@ -137,8 +110,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
-    shards = tmp_path_factory.mktemp("shards")
-    _write_shards(shards)
+    shards = write_test_shards(tmp_path_factory.mktemp("shards"), SHARDS, max_seconds=1.2)
     out = tmp_path_factory.mktemp("out")
     ports = (_free_port(), _free_port())
     mp.start_processes(_worker, args=(ports, str(shards), str(out)), nprocs=WORLD, join=True, start_method="spawn")

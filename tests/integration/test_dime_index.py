@@ -2,36 +2,32 @@
 
 from __future__ import annotations
 
-import io
 import json
+import shutil
 import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import webdataset as wds
+from shard_fixtures import RATE, utterance, write_clips
 
 from ser_lightning.cli.index import main
-from ser_lightning.data.dime import DimeMixer
 from ser_lightning.data.dime_index import FeatureConfig, build_dime_index
+from ser_lightning.data.dime_mixer import DimeMixer
 
 pytestmark = pytest.mark.integration
 
-SR = 16000
-CLASSES = ["Anger", "Happiness", "Neutral", "Sadness"]
-
 
 # --------------------------------------------------------------------------------------------
-# Tiny shards following docs/shard-format.md
+# Tiny shards (docs/shard-format.md)
 # --------------------------------------------------------------------------------------------
 
 
 def _utterance(uid: str, votes: list[float], freq: float, length: int, rng: np.random.Generator) -> dict:
-    t = np.arange(length) / SR
+    t = np.arange(length) / RATE
     audio = 0.3 * np.sin(2 * np.pi * freq * t) + 0.005 * rng.standard_normal(length)
     pcm = np.round(audio * 32768).clip(-32768, 32767).astype(np.int16)
     return {"id": uid, "votes": votes, "pcm": pcm, "transcript": f"utterance {uid} says something"}
@@ -54,60 +50,24 @@ def _corpus() -> dict[str, list[dict]]:
     train.append(_utterance("ang.tie", [2, 2, 0, 0], 1510, 3200, rng))  # tie -> first class (Anger)
     for n in range(3):
         train.append(_utterance(f"sad.{n:02d}", [0, 0, 1, 2], 200 + 7 * n, 2400 + 800 * n, rng))
-    rng.shuffle(train)
     val = [_utterance(f"val.{n:02d}", [0, 0, 0, 3], 250, 3200, rng) for n in range(4)]
     return {"train": train, "val": val}
 
 
-def write_shards(root: Path, corpus: dict[str, list[dict]], per_shard: int = 20) -> None:
-    shards: dict[str, list[str]] = {}
-    for split, utts in corpus.items():
-        shards[split] = []
-        for s in range(0, len(utts), per_shard):
-            name = f"{split}-{s // per_shard:06d}.tar"
-            with wds.TarWriter(str(root / name)) as sink:
-                for u in utts[s : s + per_shard]:
-                    buf = io.BytesIO()
-                    sf.write(buf, u["pcm"], SR, format="FLAC", subtype="PCM_16")
-                    votes = [float(v) for v in u["votes"]]
-                    meta = {
-                        "id": u["id"],
-                        "corpus": "toy",
-                        "split": split,
-                        "transcript": u["transcript"],
-                        "speaker": "spk",
-                        "duration": len(u["pcm"]) / SR,
-                        "classes": CLASSES,
-                        "votes": {"primary": votes},
-                        "distribution": {"primary": (np.asarray(votes) / sum(votes)).tolist()},
-                        "entropy": {"primary": 0.5},
-                        "vad": None,
-                        "vad_scale": None,
-                    }
-                    sink.write(
-                        {
-                            "__key__": u["id"].replace(".", "_"),
-                            "flac": buf.getvalue(),
-                            "json": json.dumps(meta).encode("utf-8"),
-                        }
-                    )
-            shards[split].append(name)
-    card = {
-        "classes": CLASSES,
-        "sources": ["primary"],
-        "rejected": 0,
-        "sample_rate": SR,
-        "num_samples": {split: len(u) for split, u in corpus.items()},
-        "shards": shards,
-    }
-    (root / "card.json").write_text(json.dumps(card))
+def _write_corpus(root: Path, corpus: dict[str, list[dict]]) -> None:
+    clips = [
+        (utterance(u["id"], split, u["votes"], corpus="toy", transcript=u["transcript"]), u["pcm"])
+        for split, utts in corpus.items()
+        for u in utts
+    ]
+    write_clips(clips, root, maxcount=20)
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, list[dict]]]:
     root = tmp_path_factory.mktemp("shards")
     corpus = _corpus()
-    write_shards(root, corpus)
+    _write_corpus(root, corpus)
     return root, corpus
 
 
@@ -266,9 +226,11 @@ def test_mixer_two_gloo_ranks(shards: tuple[Path, dict], tmp_path: Path) -> None
 
 
 def test_ser_index_rejects_duplicate_ids(tmp_path: Path) -> None:
-    rng = np.random.default_rng(1)
-    utts = [_utterance("dup.0", [1, 0, 0, 0], 300, 1600, rng) for _ in range(2)]
-    write_shards(tmp_path, {"train": utts})
+    _write_corpus(tmp_path, {"train": [_utterance("dup.0", [1, 0, 0, 0], 300, 1600, np.random.default_rng(1))]})
+    shutil.copy(tmp_path / "train-000000.tar", tmp_path / "train-000001.tar")  # the same utterance in a 2nd shard
+    card = json.loads((tmp_path / "card.json").read_text())
+    card["shards"]["train"].append("train-000001.tar")
+    (tmp_path / "card.json").write_text(json.dumps(card))
     with pytest.raises(SystemExit) as err:
         main([str(tmp_path), "--quiet"])
     assert err.value.code == 2

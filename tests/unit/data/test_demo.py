@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from ser_lightning.data import demo, demo_votes
+from ser_lightning.data import demo, demo_synth, demo_votes
 from ser_lightning.labels import CLASS_SETS
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -121,15 +121,15 @@ def test_plan_is_balanced_seeded_and_speaker_independent():
 
 
 def test_prosody_strength_grows_with_level():
-    neutral = demo.clip_prosody("en-us+m1", "NEU", "XX", "some_clip")
-    assert neutral == demo.clip_prosody("en-us+m1", "NEU", "XX", "some_clip")
+    neutral = demo_synth.clip_prosody("en-us+m1", "NEU", "XX", "some_clip")
+    assert neutral == demo_synth.clip_prosody("en-us+m1", "NEU", "XX", "some_clip")
     for emotion in ("ANG", "DIS", "FEA", "HAP", "SAD"):
-        lo, md, hi = (demo.clip_prosody("en-us+m1", emotion, lv, "some_clip") for lv in ("LO", "MD", "HI"))
+        lo, md, hi = (demo_synth.clip_prosody("en-us+m1", emotion, lv, "some_clip") for lv in ("LO", "MD", "HI"))
         for field in ("pitch", "speed", "amplitude", "range"):
             d = [abs(getattr(p, field) - getattr(neutral, field)) for p in (lo, md, hi)]
             assert d[0] <= d[1] <= d[2], (emotion, field, d)
-    loud = demo.clip_prosody("en-us+m1", "ANG", "HI", "x")
-    soft = demo.clip_prosody("en-us+m1", "SAD", "HI", "x")
+    loud = demo_synth.clip_prosody("en-us+m1", "ANG", "HI", "x")
+    soft = demo_synth.clip_prosody("en-us+m1", "SAD", "HI", "x")
     assert loud.amplitude > soft.amplitude
     assert loud.speed > soft.speed
     assert loud.range > soft.range
@@ -142,13 +142,13 @@ def test_prosody_strength_grows_with_level():
 
 @needs_espeak
 def test_synthesis_is_deterministic_16k_and_quantised():
-    prosody = demo.clip_prosody("en-us+f1", "HAP", "HI", "en-us+f1_DFA_HAP_HI")
-    a = demo.synthesise(demo.SENTENCES["DFA"], "en-us+f1", prosody)
-    b = demo.synthesise(demo.SENTENCES["DFA"], "en-us+f1", prosody)
+    prosody = demo_synth.clip_prosody("en-us+f1", "HAP", "HI", "en-us+f1_DFA_HAP_HI")
+    a = demo_synth.synthesise(demo.SENTENCES["DFA"], "en-us+f1", prosody)
+    b = demo_synth.synthesise(demo.SENTENCES["DFA"], "en-us+f1", prosody)
     assert a.dtype == np.float32
     assert a.ndim == 1
     np.testing.assert_array_equal(a, b)
-    assert 0.5 < len(a) / demo.SAMPLE_RATE < 3.0
+    assert 0.5 < len(a) / demo_synth.SAMPLE_RATE < 3.0
     assert 0.05 < np.abs(a).max() < 0.5
     pcm = np.round(a * 32768).astype(np.int64)
     assert (pcm % 16 == 0).all()
@@ -157,10 +157,10 @@ def test_synthesis_is_deterministic_16k_and_quantised():
 
 @needs_espeak
 def test_voice_gender_reads_variants_and_rejects_unknown():
-    assert demo.voice_gender("en-us+f1") == "female"
-    assert demo.voice_gender("en-us+m1") == "male"
+    assert demo_synth.voice_gender("en-us+f1") == "female"
+    assert demo_synth.voice_gender("en-us+m1") == "male"
     with pytest.raises(ValueError, match="no voice variant"):
-        demo.voice_gender("en-us+nosuchvariant")
+        demo_synth.voice_gender("en-us+nosuchvariant")
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import io
 import json
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
-import webdataset as wds
+from shard_fixtures import CLASSES, RATE, utterance, write_clips
 
 from ser_lightning.data.dime import (
-    DimeMixer,
     choose_neighbour,
     dime_amounts,
     dime_mix,
@@ -23,15 +20,14 @@ from ser_lightning.data.dime import (
     standardise,
 )
 from ser_lightning.data.dime_index import build_dime_index
+from ser_lightning.data.dime_mixer import DimeMixer
 
-SR = 16000
-CLASSES = ["Anger", "Happiness", "Neutral", "Sadness"]
 # 20 Neutral, 12 Happiness, 4 Anger, 5 Sadness: threshold 0.3 x 20 = 6 -> Anger and Sadness are minorities.
 PER_CLASS = {"Anger": 4, "Happiness": 12, "Neutral": 20, "Sadness": 5}
 
 
 # --------------------------------------------------------------------------------------------
-# Tiny shards (docs/shard-format.md), written here because the shard writer is not in yet
+# Tiny shards (docs/shard-format.md)
 # --------------------------------------------------------------------------------------------
 
 
@@ -44,7 +40,7 @@ def _utterances(seed: int = 0) -> list[dict]:
             votes[c] = 3.0
             votes[(c + 1) % len(CLASSES)] = float(n % 2)
             length = int(rng.integers(2400, 6400))
-            t = np.arange(length) / SR
+            t = np.arange(length) / RATE
             audio = 0.3 * np.sin(2 * np.pi * (200 + 150 * c + 5 * n) * t) + 0.01 * rng.standard_normal(length)
             audio = np.round(audio * 32768).clip(-32768, 32767) / 32768  # exactly representable in PCM_16
             out.append(
@@ -58,51 +54,22 @@ def _utterances(seed: int = 0) -> list[dict]:
     return out
 
 
-def _meta(u: dict, split: str) -> dict:
-    dist = (np.asarray(u["votes"]) / sum(u["votes"])).tolist()
-    return {
-        "id": u["id"],
-        "corpus": "toy",
-        "split": split,
-        "transcript": u["transcript"],
-        "speaker": "spk1",
-        "duration": len(u["audio"]) / SR,
-        "classes": CLASSES,
-        "votes": {"primary": u["votes"]},
-        "distribution": {"primary": dist},
-        "entropy": {"primary": 0.0},
-        "vad": [3.0, 2.0, 4.0],
-        "vad_scale": [1.0, 5.0],
-    }
-
-
-def write_shards(root: Path, utterances: list[dict], per_shard: int = 16) -> None:
-    names = []
-    for s in range(0, len(utterances), per_shard):
-        name = f"train-{s // per_shard:06d}.tar"
-        with wds.TarWriter(str(root / name)) as sink:
-            for u in utterances[s : s + per_shard]:
-                buf = io.BytesIO()
-                sf.write(buf, u["audio"], SR, format="FLAC", subtype="PCM_16")
-                meta = json.dumps(_meta(u, "train")).encode("utf-8")
-                sink.write({"__key__": u["id"].replace(".", "_"), "flac": buf.getvalue(), "json": meta})
-        names.append(name)
-    card = {
-        "classes": CLASSES,
-        "sources": ["primary"],
-        "rejected": 0,
-        "sample_rate": SR,
-        "num_samples": {"train": len(utterances)},
-        "shards": {"train": names},
-    }
-    (root / "card.json").write_text(json.dumps(card))
+def _distribution(u: dict) -> np.ndarray:
+    return np.asarray(u["votes"]) / sum(u["votes"])
 
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict]]:
     root = tmp_path_factory.mktemp("shards")
     utts = _utterances()
-    write_shards(root, utts)
+    clips = [
+        (
+            utterance(u["id"], "train", u["votes"], transcript=u["transcript"], vad=[3.0, 2.0, 4.0], vad_scale=(1, 5)),
+            u["audio"],
+        )
+        for u in utts
+    ]
+    write_clips(clips, root, maxcount=16)
     return build_dime_index(root), {u["id"]: u for u in utts}
 
 
@@ -265,11 +232,11 @@ def test_synthetic_sample_is_eq_1_2_of_its_sources(toy: tuple[Path, dict]) -> No
         assert index["dominant"][d["i"]] == index["dominant"][d["j"]] in {"Anger", "Sadness"}
         length = min(len(ui["audio"]), len(uj["audio"]))
         np.testing.assert_allclose(s["audio"], lam * ui["audio"][:length] + (1 - lam) * uj["audio"][:length], atol=1e-6)
-        pi, pj = (np.asarray(_meta(u, "train")["distribution"]["primary"]) for u in (ui, uj))
+        pi, pj = (_distribution(u) for u in (ui, uj))
         np.testing.assert_allclose(s["target"], lam * pi + (1 - lam) * pj, atol=1e-6)
         assert s["meta"]["transcript"] == (ui if lam >= 0.5 else uj)["transcript"]
         assert s["id"] == f"dime-3-{n}"
-        assert s["sample_rate"] == SR
+        assert s["sample_rate"] == RATE
         assert s["audio"].dtype == np.float32
         assert s["target"].dtype == np.float32
         assert s["meta"]["distribution"]["primary"] == pytest.approx(s["target"].tolist())

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from shard_fixtures import RATE, tone
 
 from ser_lightning.data.batching import Collate, expected_batch_size
+from ser_lightning.data.card import iter_shard_meta
 from ser_lightning.data.datamodule import EpochDataLoader, SERDataModule
 from ser_lightning.data.pipeline import (
     EvalStream,
@@ -25,14 +27,9 @@ from ser_lightning.data.pipeline import (
     resample,
     shard_cycle,
 )
+from ser_lightning.labels import plurality
 
-CLASSES = ["Anger", "Happiness", "Neutral", "Sadness"]  # as in conftest.write_test_shards
-RATE = 16000
-
-
-def tone(seconds, freq=440.0, rate=RATE):
-    t = np.arange(int(round(seconds * rate))) / rate
-    return (0.5 * np.sin(2 * math.pi * freq * t)).astype(np.float32)
+CLASSES = ["Anger", "Happiness", "Neutral", "Sadness"]  # as in shard_fixtures.write_test_shards
 
 
 def flac_bytes(audio, rate=RATE):
@@ -258,9 +255,11 @@ def test_datamodule_card_properties(shard_dir):
     assert dm.bin_edges == card["stats"]["train"]["tertile_edges"]
     assert len(dm.bin_edges) == 2
     assert dm.card["num_samples"]["train"] == 24
-    totals = card["stats"]["train"]["vote_totals"]
-    assert dm.class_counts == [totals[c] for c in CLASSES]
-    assert sum(dm.class_counts) == 24 * 5  # 5 raters per clip
+    # CB-CE counts: train clips per plurality class (ties toward the first class), from the samples' votes
+    votes = np.array([m["votes"]["primary"] for m in iter_shard_meta(shard_dir, "train")])
+    expected = np.bincount(plurality(votes)[0], minlength=4).tolist()
+    assert dm.class_counts == expected
+    assert sum(dm.class_counts) == 24
 
 
 def test_datamodule_rejects_bad_configuration(shard_dir):

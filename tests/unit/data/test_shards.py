@@ -14,16 +14,9 @@ import soundfile as sf
 import webdataset as wds
 
 from ser_lightning.corpora.record import ReadReport, UtteranceRecord
-from ser_lightning.data.shards import (
-    encode_flac,
-    iter_shard_meta,
-    load_audio,
-    read_card,
-    rejection_summary,
-    shard_dir_statistics,
-    shard_paths,
-    write_shards,
-)
+from ser_lightning.data.audio_io import encode_flac, load_audio
+from ser_lightning.data.card import iter_shard_meta, read_card, rejection_summary, shard_dir_statistics, shard_paths
+from ser_lightning.data.shards import write_shards
 from ser_lightning.labels import entropy
 from ser_lightning.stats import STATS_KEYS, vote_statistics
 
