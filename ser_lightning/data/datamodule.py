@@ -62,7 +62,8 @@ class SERDataModule(L.LightningDataModule):
     """Streams WebDataset shards of one corpus as length-bucketed batches for speech emotion recognition.
 
     Train batches per epoch, per rank: ``train_batches_per_epoch`` when given, else
-    ``ceil(num_samples["train"] / (world_size x b))`` where ``b`` is the expected batch size: the
+    ``ceil((num_samples["train"] + synthetic) / (world_size x b))`` (``synthetic``: the DiME-Aug samples
+    an ``augment`` stage adds per epoch, its ``total``) where ``b`` is the expected batch size: the
     harmonic mean over clips of ``min(max_batch_size, floor(max_batch_seconds / d))`` with ``d`` the
     (cropped) durations read from the JSON of the first train shard (up to 512 clips). So one epoch
     over all ranks is about one pass over the train split; every rank yields exactly that many
@@ -262,7 +263,8 @@ class SERDataModule(L.LightningDataModule):
             return self.train_batches_per_epoch
         durations = read_durations(self.shard_paths("train")[0], DURATION_PEEK)
         size = expected_batch_size(durations, self.max_batch_seconds, self.max_batch_size, self.crop_seconds)
-        return max(1, math.ceil(self.num_samples("train") / (world_size * size)))
+        synthetic = int(getattr(self.augment, "total", 0))  # DiME-Aug adds this many samples per epoch
+        return max(1, math.ceil((self.num_samples("train") + synthetic) / (world_size * size)))
 
     def train_dataloader(self) -> DataLoader:
         """Endless shuffled stream cut to the same number of batches on every rank."""

@@ -311,8 +311,10 @@ class TrainStream(IterableDataset):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose seeded order the next pass follows."""
+        """Select the epoch whose seeded order the next pass follows (also the augment stage's, e.g. DiME λ)."""
         self.epoch = epoch
+        if hasattr(self.augment, "set_epoch"):
+            self.augment.set_epoch(epoch)
 
     def __len__(self) -> int:
         return self.batches_per_epoch

@@ -26,6 +26,9 @@ class MelEncoder(nn.Module):
         num_layers: number of conv blocks (kernel 5, stride 1 except a stride of 2 in every second block).
         pooling: ``attentive`` (attentive statistics, 2 x hidden_dim) or ``mean``.
         dropout: dropout after each block.
+        utterance_norm: subtract each utterance's mean log-mel per band over its valid frames (cepstral mean
+            normalisation) before the corpus-level BatchNorm: removes speaker timbre and recording level,
+            keeps the utterance's pitch, energy and rate contours.
     """
 
     def __init__(
@@ -36,6 +39,7 @@ class MelEncoder(nn.Module):
         num_layers: int = 4,
         pooling: Literal["attentive", "mean"] = "attentive",
         dropout: float = 0.1,
+        utterance_norm: bool = False,
     ) -> None:
         super().__init__()
         self.sample_rate = sample_rate
@@ -48,6 +52,7 @@ class MelEncoder(nn.Module):
             n_mels=n_mels,
             pad_mode="constant",  # zero padding, like the batch padding: outputs do not depend on batch mates
         )
+        self.utterance_norm = utterance_norm
         self.input_norm = nn.BatchNorm1d(n_mels)
         self.strides = [2 if i % 2 == 1 else 1 for i in range(num_layers)]
         blocks = []
@@ -77,6 +82,9 @@ class MelEncoder(nn.Module):
             mel = torch.log(self.melspec(audio.float()) + 1e-6)  # (B, n_mels, frames)
         frames = mel.shape[-1]
         mask = torch.arange(frames, device=audio.device)[None, :] < lengths[:, None]
+        if self.utterance_norm:
+            valid = mask[:, None, :].to(mel.dtype)
+            mel = mel - (mel * valid).sum(-1, keepdim=True) / valid.sum(-1, keepdim=True).clamp_min(1)
         x = self.input_norm(mel) * mask[:, None, :]
         for block, stride in zip(self.blocks, self.strides, strict=True):
             x = block(x)

@@ -72,3 +72,19 @@ def test_ser_stats_errors_name_the_file_and_line(tmp_path, capsys):
     assert "--classes" in capsys.readouterr().err
     assert main([str(table), "--classes", "Ang,Sad"]) == 2
     assert "Sad" in capsys.readouterr().err
+
+
+def test_ser_stats_on_shard_directory(capsys):
+    from pathlib import Path
+
+    demo = Path(__file__).resolve().parents[3] / "shards" / "demo"
+    card = json.loads((demo / "card.json").read_text())
+    assert main([str(demo), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"all", "train", "val", "test"}
+    for split, stats in out.items():
+        assert list(stats)[: len(STATS_KEYS)] == list(STATS_KEYS)
+        assert stats == card["stats"][split]
+    assert out["all"]["items"] == sum(out[s]["items"] for s in ("train", "val", "test"))
+    assert main([str(demo)]) == 0
+    assert "[train]" in capsys.readouterr().out
