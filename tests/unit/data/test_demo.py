@@ -191,3 +191,14 @@ def test_committed_demo_corpus():
     assert not speakers["train"] & speakers["val"]
     assert not speakers["train"] & speakers["test"]
     assert not speakers["val"] & speakers["test"]
+
+
+@pytest.mark.slow
+@needs_espeak
+@needs_demo
+def test_rebuilding_the_demo_reproduces_its_card(tmp_path):
+    """The whole build (same espeak-ng, same seed) gives the committed card and shards byte for byte."""
+    demo.build(tmp_path / "demo", progress=False)
+    assert (tmp_path / "demo" / "card.json").read_bytes() == (DEMO_DIR / "card.json").read_bytes()
+    for tar in sorted(DEMO_DIR.glob("*.tar")):
+        assert (tmp_path / "demo" / tar.name).read_bytes() == tar.read_bytes(), tar.name
