@@ -31,8 +31,8 @@ def _finite_or_none(x: float) -> float | None:
 def vote_statistics(counts: np.ndarray | Sequence[Sequence[float]], classes: Sequence[str]) -> dict[str, Any]:
     """Statistics of an items x classes vote-count matrix, JSON-ready.
 
-    Items without any vote are not part of a distribution and are left out of every key except
-    ``items``-free totals; callers should reject them earlier.
+    Every item needs at least one vote (an item without votes has no distribution): callers reject such
+    items first, and a ``ValueError`` says so otherwise.
     """
     n = np.asarray(counts, dtype=np.float64).reshape(-1, len(classes))
     raters = n.sum(axis=1)

@@ -46,7 +46,7 @@ def table_statistics(path: Path, classes: str | None = None, crema_d_modality: s
         return vote_statistics(table.counts, CLASS_SETS["cremad6"].classes)
     if classes is None:
         raise ValueError(f"{path}: not a CREMA-D tabulatedVotes.csv; name the vote columns with --classes A,B,...")
-    names = list(get_class_set(classes).classes) if classes in CLASS_SETS else [c.strip() for c in classes.split(",")]
+    names = list(get_class_set(classes).classes)  # a class-set name or "A,B,...": at least 2 distinct classes
     counts = read_vote_csv(path, names)
     empty = int((counts.sum(axis=1) <= 0).sum())
     if empty:

@@ -269,6 +269,12 @@ class SERDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Endless shuffled stream cut to the same number of batches on every rank."""
         rank, world_size = self._rank_world()
+        augment_source = getattr(self.augment, "label_source", self.label_source)
+        if augment_source != self.label_source:
+            raise ValueError(
+                f"the augment stage mixes {augment_source!r} targets but the DataModule trains on "
+                f"label_source {self.label_source!r}; rebuild the index with ser-index --label-source"
+            )
         dataset = TrainStream(
             self.shard_paths("train"),
             self.train_batches(world_size),

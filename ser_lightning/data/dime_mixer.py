@@ -143,6 +143,16 @@ class DimeMixer:
         """Set the epoch whose synthetic samples the next pass generates (seen by persistent workers too)."""
         self._epoch.fill_(int(epoch))
 
+    def set_distributed(self, rank: int, world_size: int) -> None:
+        """Fix this process's rank and world size (the training stream hands them in before workers start).
+
+        Without it the mixer asks ``torch.distributed`` or the ``RANK``/``WORLD_SIZE`` variables, which a
+        spawned DataLoader worker may not see.
+        """
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world size {world_size}")
+        self._distributed = (rank, world_size)
+
     def slot_numbers(self, slot: int, num_slots: int) -> range:
         """Global synthetic sample numbers of one ``rank x num_workers + worker`` slot."""
         return range(slot, self.total, num_slots)
@@ -226,7 +236,7 @@ class DimeMixer:
         epoch = int(self._epoch.item())
         if epoch < 0:
             epoch = self._calls - 1
-        _, _, slot, slots = worker_slot(*_rank_world())
+        _, _, slot, slots = worker_slot(*(getattr(self, "_distributed", None) or _rank_world()))
         numbers = self.slot_numbers(slot, slots)
         expected_real = self.real_per_epoch / slots
         # Synthetic m of M goes after real sample ceil((m + 1) R / (M + 1)): evenly spread over the expected R.

@@ -308,6 +308,8 @@ class TrainStream(IterableDataset):
         self.config = config
         self.rank, self.world_size = rank, world_size
         self.shuffle_buffer, self.seed, self.augment = shuffle_buffer, seed, augment
+        if hasattr(augment, "set_distributed"):
+            augment.set_distributed(rank, world_size)  # workers may not see torch.distributed
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -355,9 +357,10 @@ class EvalStream(IterableDataset):
     """Every sample of a split exactly once over all ranks and workers, in collated batches.
 
     Each (rank, worker) reads all shards in card order and keeps sample ``i`` when
-    ``i % (world_size x num_workers) == rank x num_workers + worker``; the split is by sample, so it
-    holds for splits with fewer shards than ranks x workers. Ranks may get different numbers of batches;
-    nothing is padded or repeated.
+    ``i % world_size == rank`` and ``(i // world_size) % num_workers == worker``: the split is by sample,
+    so it holds for splits with fewer shards than ranks x workers, and samples go to ranks first, so every
+    rank has data as soon as the split has ``world_size`` samples. Ranks may get different numbers of
+    batches; nothing is padded or repeated.
 
     Args:
         urls: the split's shard paths in a fixed order.
@@ -373,7 +376,8 @@ class EvalStream(IterableDataset):
         self.rank, self.world_size = rank, world_size
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        _, _, slot, slots = worker_slot(self.rank, self.world_size)
+        worker, _, _, slots = worker_slot(self.rank, self.world_size)
+        slot = worker * self.world_size + self.rank  # rank-major: sample i -> rank i % world_size
         skips = SkipCounter(max_consecutive=math.inf)  # a finite stream: skip whatever is bad, count it
         cfg = self.config
         pipeline = wds.DataPipeline(

@@ -33,7 +33,10 @@ class ClassBalancedCrossEntropyLoss(nn.Module):
     def __init__(self, class_counts: Sequence[float] | None = None, beta: float = 0.999) -> None:
         super().__init__()
         self.beta = beta
-        self.register_buffer("weight", None if class_counts is None else class_balanced_weights(class_counts, beta))
+        # not persistent: the weights follow from class_counts (a saved hyper-parameter), so a checkpoint
+        # loads whether or not the run that tests it knows the training counts
+        weight = None if class_counts is None else class_balanced_weights(class_counts, beta)
+        self.register_buffer("weight", weight, persistent=False)
 
     def set_class_counts(self, class_counts: Sequence[float]) -> None:
         """Set the class weights from training counts."""

@@ -6,7 +6,8 @@ per-bin classification scores are exact under DDP (uneven samples per rank inclu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -15,6 +16,8 @@ from torchmetrics.utilities import dim_zero_cat
 
 from ser_lightning.metrics.functional.classification import classification_scores, confusion_matrix, dominant_class
 from ser_lightning.metrics.functional.distribution import DISTRIBUTION_METRICS
+
+_EDGE_TOL = 1e-6  # float32 targets: an entropy within this of an edge counts as equal to it (lower bin)
 
 
 def _target_entropy(target: Tensor) -> Tensor:
@@ -26,8 +29,9 @@ class AmbiguityBinnedMetrics(Metric):
     """JS, BC, R², KL (mean and median) and acc / F1 / W-F1, overall and per entropy bin.
 
     Keys of :meth:`compute`: ``js``, ``js_median``, ..., ``acc``, ``f1``, ``wf1``, ``count`` overall and the
-    same under ``bin1/``, ``bin2/``, ... (bin 1 = least ambiguous). A value equal to an edge belongs to
-    the lower bin. Empty bins report ``count`` 0 and NaN scores.
+    same under ``bin1/``, ``bin2/``, ... (bin 1 = least ambiguous). A value equal to an edge (within 1e-6
+    nats, since targets arrive in float32 while edges come from float64 votes) belongs to the lower bin.
+    Empty bins report ``count`` 0 and NaN scores.
 
     Args:
         num_classes: size of the class set.
@@ -58,11 +62,19 @@ class AmbiguityBinnedMetrics(Metric):
     def update(self, preds: Tensor, target: Tensor) -> None:
         """Add predicted and target distributions, both ``(N, C)``."""
         preds, target = preds.detach(), target.detach()
-        self.scores.append(torch.stack([fn(preds, target) for fn in DISTRIBUTION_METRICS.values()], dim=-1))
+        self.scores.append(torch.stack([fn(preds, target) for fn in DISTRIBUTION_METRICS.values()], dim=-1).double())
         edges = self.bin_edges.to(target.device)
-        self.bins.append(torch.bucketize(_target_entropy(target), edges, right=False))
-        self.pred_labels.append(dominant_class(preds))
-        self.target_labels.append(dominant_class(target))
+        self.bins.append(torch.bucketize(_target_entropy(target) - _EDGE_TOL, edges, right=False).long())
+        self.pred_labels.append(dominant_class(preds).long())
+        self.target_labels.append(dominant_class(target).long())
+
+    def _sync_dist(self, dist_sync_fn: Callable[..., Any], process_group: Any | None = None) -> None:
+        # a rank that saw no sample must still send tensors of the right shape and dtype to the gather
+        if isinstance(self.scores, list) and not self.scores:
+            self.scores.append(torch.zeros(0, len(DISTRIBUTION_METRICS), dtype=torch.float64, device=self.device))
+            for name in ("bins", "pred_labels", "target_labels"):
+                getattr(self, name).append(torch.zeros(0, dtype=torch.long, device=self.device))
+        super()._sync_dist(dist_sync_fn, process_group)
 
     def _summarise(self, scores: Tensor, pred: Tensor, target: Tensor) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {"count": torch.tensor(float(scores.shape[0]))}

@@ -84,7 +84,7 @@ class DistributionModule(L.LightningModule):
     def _log_eval(self, stage: str) -> None:
         metric = self.eval_metrics[stage]
         if self.trainer.world_size == 1 and isinstance(metric.scores, list) and not metric.scores:
-            return  # nothing was evaluated (e.g. limit_val_batches=0)
+            return  # nothing was evaluated (e.g. limit_val_batches=0); under DDP every rank joins the sync
         values = metric.compute()
         # compute() is synchronised across ranks: every rank logs the same numbers
         self.log(f"{stage}/js", values["js"], prog_bar=True, sync_dist=False)
@@ -98,7 +98,7 @@ class DistributionModule(L.LightningModule):
         if self.global_rank != 0 or not hasattr(experiment, "add_figure"):
             return
         experiment.add_figure(f"{stage}/per_bin", bin_bar_chart(values), self.global_step, close=True)
-        experiment.add_figure(f"{stage}/confusion", confusion_figure(confusion, self.classes), self.global_step)
+        experiment.add_figure(f"{stage}/confusion", confusion_figure(confusion.cpu(), self.classes), self.global_step)
 
     # -- prediction --------------------------------------------------------------------------
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ def bin_bar_chart(values: dict[str, torch.Tensor], metrics: Sequence[str] = BAR_
     fig, ax = plt.subplots(figsize=(7, 3.5))
     width = 0.8 / max(len(bins), 1)
     for i, b in enumerate(bins):
-        heights = [float(values[f"{b}/{m}"]) for m in metrics]
+        heights = [float(values[f"{b}/{m}"]) for m in metrics]  # float() also moves CUDA scalars to the host
         count = int(values[f"{b}/count"])
         ax.bar([x + i * width for x in range(len(metrics))], heights, width, label=f"{b} (n={count})")
     ax.set_xticks([x + width * (len(bins) - 1) / 2 for x in range(len(metrics))], list(metrics))
@@ -33,7 +33,7 @@ def bin_bar_chart(values: dict[str, torch.Tensor], metrics: Sequence[str] = BAR_
 
 def confusion_figure(confusion: torch.Tensor, classes: Sequence[str]) -> Figure:
     """Row-normalised confusion matrix of plurality (rows) against predicted dominant class (columns)."""
-    cm = confusion.double()
+    cm = confusion.detach().cpu().double()
     norm = cm / cm.sum(1, keepdim=True).clamp_min(1)
     fig, ax = plt.subplots(figsize=(1 + 0.7 * len(classes), 1 + 0.6 * len(classes)))
     ax.imshow(norm.numpy(), vmin=0, vmax=1, cmap="Blues")

@@ -64,7 +64,10 @@ class WavLMMultitask(DistributionModule):
         self.save_hyperparameters(ignore=["audio_encoder"])
         self.audio_encoder = audio_encoder
         self.categorical_head = MLPHead(audio_encoder.output_dim, num_classes, head_hidden_dim, dropout)
-        self.vad_head = RegressionHead(audio_encoder.output_dim, len(VAD_NAMES), head_hidden_dim, dropout)
+        # no regression head without its loss: a head without gradients would break DDP
+        self.vad_head = (
+            RegressionHead(audio_encoder.output_dim, len(VAD_NAMES), head_hidden_dim, dropout) if vad_weight else None
+        )
         losses: dict[str, nn.Module] = {
             "ce": ClassBalancedCrossEntropyLoss(None),
             "cbce": ClassBalancedCrossEntropyLoss(class_counts, cb_beta),
@@ -83,10 +86,10 @@ class WavLMMultitask(DistributionModule):
         """Audio at the encoder's sample rate; no text."""
         return {"sample_rate": self.audio_encoder.sample_rate}
 
-    def outputs(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
-        """Categorical logits ``(B, C)`` and VAD predictions ``(B, 3)``."""
+    def outputs(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
+        """Categorical logits ``(B, C)`` and VAD predictions ``(B, 3)`` (``None`` when ``vad_weight`` is 0)."""
         h = self.audio_encoder(batch["audio"], batch["audio_mask"])
-        return self.categorical_head(h), self.vad_head(h)
+        return self.categorical_head(h), None if self.vad_head is None else self.vad_head(h)
 
     def forward(self, batch: dict[str, Any]) -> Tensor:
         """Predicted class distribution."""
@@ -98,7 +101,7 @@ class WavLMMultitask(DistributionModule):
         categorical = self.categorical_loss(logits, batch["targets"])
         terms = {"categorical": categorical.detach()}
         loss = categorical
-        if self.hparams.vad_weight:
+        if vad is not None:
             vad_loss = self.vad_loss(vad, batch["vad"].to(vad.dtype))
             loss = loss + self.hparams.vad_weight * vad_loss
             terms["vad_ccc_loss"] = vad_loss.detach()
@@ -107,6 +110,8 @@ class WavLMMultitask(DistributionModule):
     def _eval_step(self, stage: str, batch: dict[str, Any]) -> None:
         logits, vad = self.outputs(batch)
         self.eval_metrics[stage].update(logits.softmax(-1).float(), batch["targets"].float())
+        if vad is None:
+            return
         target = batch["vad"].float()
         valid = torch.isfinite(target).all(-1)
         if valid.any():
@@ -114,9 +119,12 @@ class WavLMMultitask(DistributionModule):
 
     def _log_eval(self, stage: str) -> None:
         super()._log_eval(stage)
+        if self.vad_head is None:
+            return
         metric = self.vad_metrics[stage]
-        if metric.update_count and metric.n_total.sum() >= 2:
-            ccc = metric.compute()
+        # compute() synchronises: every rank calls it, whatever it saw (NaN when fewer than 2 rated clips)
+        ccc = metric.compute() if metric.update_count or self.trainer.world_size > 1 else None
+        if ccc is not None:
             self.log_dict({f"{stage}/ccc_{name}": ccc[i] for i, name in enumerate(VAD_NAMES)})
         metric.reset()
 

@@ -36,8 +36,13 @@ def test_dime_samples_stream_into_training(tmp_path):
 
     first = _epoch_ids(dm, 0)
     synthetic = [uid for uid in first if uid.startswith("dime-0-")]
-    assert len(synthetic) >= mixer.total // 2
+    assert len(synthetic) == mixer.total  # buffers small against the epoch: none is left behind
     assert len(set(synthetic)) == len(synthetic)
     # the next epoch draws new mixes, and the same epoch again reproduces them
     assert any(uid.startswith("dime-1-") for uid in _epoch_ids(dm, 1))
+    # the DataModule refuses an index built on another label source than the one it trains on
+    mixer.label_source = "merged"
+    with pytest.raises(ValueError, match="label_source"):
+        dm.train_dataloader()
+    mixer.label_source = "primary"
     assert _epoch_ids(dm, 0) == first

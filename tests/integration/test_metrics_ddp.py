@@ -21,12 +21,12 @@ from ser_lightning.metrics import (
 pytestmark = pytest.mark.integration
 
 EDGES = [0.6, 1.0]
-SIZES = (37, 91)  # uneven on purpose
+TOTAL = 128
 
 
 def _data():
     rng = np.random.default_rng(11)
-    n = sum(SIZES)
+    n = TOTAL
     votes = rng.multinomial(9, rng.dirichlet(np.ones(6) * 0.6), size=n).astype(float)
     preds = rng.dirichlet(np.ones(6), size=n)
     return torch.tensor(preds, dtype=torch.float32), torch.tensor(
@@ -62,12 +62,12 @@ def _compute(metrics, preds, target, batch=16):
     return _flatten({name: m.compute() for name, m in metrics.items()})
 
 
-def _worker(rank, world, port, out_dir):
+def _worker(rank, world, port, out_dir, first):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     preds, target = _data()
-    lo = 0 if rank == 0 else SIZES[0]
-    hi = SIZES[0] if rank == 0 else sum(SIZES)
+    lo = 0 if rank == 0 else first
+    hi = first if rank == 0 else TOTAL
     result = _compute(_metrics(), preds[lo:hi], target[lo:hi])
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
@@ -79,8 +79,10 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_process_gloo_equals_single_process(tmp_path):
-    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+@pytest.mark.parametrize("first", [37, 0], ids=["uneven", "one-rank-empty"])
+def test_two_process_gloo_equals_single_process(tmp_path, first):
+    args = (2, _free_port(), str(tmp_path), first)
+    mp.start_processes(_worker, args=args, nprocs=2, join=True, start_method="spawn")
     preds, target = _data()
     single = _compute(_metrics(), preds, target)
     for rank in range(2):
@@ -88,4 +90,4 @@ def test_two_process_gloo_equals_single_process(tmp_path):
         assert got.keys() == single.keys()
         for key, value in single.items():
             assert got[key] == pytest.approx(value, abs=1e-6, nan_ok=True), (rank, key)
-    assert single["binned.count"] == sum(SIZES)
+    assert single["binned.count"] == TOTAL

@@ -175,6 +175,23 @@ def test_eval_stream_splits_by_sample_over_ranks(shard_dir, world_size):
     assert sorted(ids) == [f"val.{n:04d}" for n in range(13)]
 
 
+def test_eval_stream_gives_every_rank_data_before_filling_workers(shard_dir, monkeypatch):
+    """13 val samples on 13 ranks x 4 workers: samples go to ranks first, so no rank is left empty."""
+    import ser_lightning.data.pipeline as pipeline
+
+    per_rank = []
+    for rank in range(13):
+        ids = []
+        for worker in range(4):
+            info = type("Info", (), {"id": worker, "num_workers": 4})()
+            monkeypatch.setattr(pipeline, "get_worker_info", lambda info=info: info)
+            stream = EvalStream(_paths(shard_dir, "val"), _config(), rank=rank, world_size=13)
+            ids += [i for b in stream for i in b["ids"]]
+        per_rank.append(ids)
+    assert [len(ids) for ids in per_rank] == [1] * 13
+    assert sorted(i for ids in per_rank for i in ids) == [f"val.{n:04d}" for n in range(13)]
+
+
 def test_eval_stream_skips_and_counts_undecodable_samples(make_shards, caplog):
     shards = make_shards({"val": [6]}, corrupt=["val.0002"])
     ids = [i for b in EvalStream(_paths(shards, "val"), _config()) for i in b["ids"]]

@@ -104,3 +104,14 @@ def test_binned_on_real_crema_d(crema_d_votes_path):
     want = _reference_binned(preds, target, edges, 6)
     for key, value in want.items():
         assert got[key].item() == pytest.approx(value, abs=1e-5), key
+
+
+def test_float32_targets_on_a_float64_edge_go_to_the_lower_bin():
+    votes = np.array([[4, 3, 2, 0, 0, 0], [9, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=float)
+    target64 = votes / votes.sum(1, keepdims=True)
+    edge = float(scipy_entropy(target64[0]))  # the card's edges come from float64 votes
+    metric = AmbiguityBinnedMetrics(num_classes=6, bin_edges=[edge])
+    metric.update(torch.tensor(target64, dtype=torch.float32), torch.tensor(target64, dtype=torch.float32))
+    out = metric.compute()
+    assert list(assign_bins(scipy_entropy(target64, axis=1), [edge])) == [0, 0, 1]
+    assert (out["bin1/count"].item(), out["bin2/count"].item()) == (2, 1)

@@ -104,7 +104,9 @@ def test_wavlm_multitask_losses_and_options():
     terms = model.training_loss(_batch())
     assert {"loss", "categorical", "vad_ccc_loss"} <= set(terms)
     assert terms["loss"].item() == pytest.approx(terms["categorical"].item() + 0.5 * terms["vad_ccc_loss"].item())
-    assert "vad_ccc_loss" not in _wavlm(vad_weight=0.0).training_loss(_batch())
+    no_vad = _wavlm(vad_weight=0.0)
+    assert no_vad.vad_head is None  # no head without gradients (DDP would refuse it)
+    assert "vad_ccc_loss" not in no_vad.training_loss(_batch())
     with pytest.raises(ValueError, match="categorical_loss"):
         _wavlm(categorical_loss="mse")
 
