@@ -11,6 +11,7 @@ and reading a written directory back, in :mod:`ser_lightning.data.card`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -251,8 +252,10 @@ def write_shards(
 ) -> dict[str, Any]:
     """Write records as ``{split}-NNNNNN.tar`` WebDataset shards plus ``card.json`` and ``rejected.jsonl``.
 
-    Samples are written sorted by split (in :data:`SPLIT_NAMES` order) then id; the output is
-    byte-identical across runs and worker counts. An utterance whose audio is missing, does not decode,
+    Samples are written by split (in :data:`SPLIT_NAMES` order); the train split in a fixed pseudo-random
+    order (SHA-1 of the id), so a shard mixes speakers and sessions and a streaming shuffle buffer sees the
+    whole corpus's variety, the other splits sorted by id. The output is byte-identical across runs, input
+    orders and worker counts. An utterance whose audio is missing, does not decode,
     is empty, has non-finite samples or is shorter than ``min_duration`` — or whose record is unusable
     (unknown split, duplicate id, no primary votes) — is logged and written to ``rejected.jsonl``, as are
     the reader's ``report.skipped`` entries.
@@ -279,7 +282,7 @@ def write_shards(
     """
     if maxcount < 1 or workers < 1 or sample_rate < 1 or min_duration < 0:
         raise ValueError("need maxcount >= 1, workers >= 1, sample_rate >= 1 and min_duration >= 0")
-    records = sorted(records, key=lambda r: (_split_order(r.split), str(r.id), str(r.audio_path)))
+    records = sorted(records, key=_write_order)
     classes = _check_classes(records)
     out_dir = Path(out_dir)
     _prepare_out_dir(out_dir, overwrite)
@@ -317,9 +320,21 @@ def write_shards(
         logger.info("%d utterances had samples outside [-1, 1] after resampling; clipped", clipped)
     sources = common_sources(kept_votes)
     card = build_card(classes, splits, primary, sources, writer.shards, len(rejected), sample_rate)
+    if report is not None:  # what the reader counted but did not reject, kept with the data
+        card["reader"] = {
+            "skipped": len(report.skipped),
+            "ignored_labels": dict(sorted(report.ignored_labels.items())),
+            "notes": dict(sorted(report.notes.items())),
+        }
     _write_text(out_dir / REJECTED_NAME, "".join(_dumps(r) + "\n" for r in rejected))
     _write_text(out_dir / CARD_NAME, json.dumps(card, indent=2, allow_nan=False) + "\n")
     return card
+
+
+def _write_order(record: UtteranceRecord) -> tuple[int, str, str, str]:
+    uid = str(record.id)
+    mix = hashlib.sha1(uid.encode("utf-8")).hexdigest() if record.split == "train" else ""
+    return _split_order(record.split), mix, uid, str(record.audio_path)
 
 
 def _reject(record: UtteranceRecord, reason: str) -> dict[str, Any]:

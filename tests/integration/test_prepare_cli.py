@@ -34,7 +34,10 @@ def fake_reader(calls: list, tmp_path: Path, classes: tuple[str, ...]):
         calls.append((args, kwargs))
         votes = {"primary": np.ones(len(classes))}
         record = UtteranceRecord("fake", "fake", "train", audio, "", "", classes, votes)
-        return [record], ReadReport(skipped={"gone": "no votes"})
+        report = ReadReport(skipped={"gone": "no votes"})
+        report.ignored_labels["Frustration"] += 2
+        report.notes["secondary_outside_class_set"] += 1
+        return [record], report
 
     return read
 
@@ -102,6 +105,12 @@ def test_flags_map_to_reader_keywords(tmp_path, monkeypatch, module, function, a
     card = read_card(out)
     assert card["num_samples"] == {"train": 1}
     assert card["rejected"] == 1  # the reader's skip is counted
+    # and what the reader counted without rejecting is kept with the data
+    assert card["reader"] == {
+        "skipped": 1,
+        "ignored_labels": {"Frustration": 2},
+        "notes": {"secondary_outside_class_set": 1},
+    }
 
 
 def test_usage_errors_exit_2(tmp_path, capsys):
