@@ -29,7 +29,6 @@ import io
 import json
 import math
 import os
-import platform
 import statistics
 import tarfile
 import time
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 import torch
+from machine import machine
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from ser_lightning.data.batching import expected_batch_size
@@ -191,22 +191,6 @@ def summarise(runs: list[dict[str, float]]) -> dict[str, Any]:
     """Median of every measure over the repeats, plus the raw repeats."""
     keys = ("first_batch_s", "clips_per_s", "audio_s_per_s", "padding", "clips_per_batch")
     return {**{k: statistics.median(r[k] for r in runs) for k in keys}, "repeats": runs}
-
-
-def machine() -> dict[str, Any]:
-    """What the numbers were measured on."""
-    info = {
-        "nproc": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-    try:
-        info["loadavg_1m"] = os.getloadavg()[0]
-    except OSError:
-        pass
-    return info
 
 
 # --------------------------------------------------------------------------------------------

@@ -35,8 +35,6 @@ import copy
 import importlib
 import json
 import logging
-import os
-import platform
 import statistics
 import time
 import warnings
@@ -49,6 +47,7 @@ import lightning as L
 import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
+from machine import machine
 from torch.utils.data import DataLoader
 
 from ser_lightning.data.datamodule import SERDataModule
@@ -215,24 +214,6 @@ def lightning_loop(
 # --------------------------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------------------------
-
-
-def machine(device: torch.device) -> dict[str, Any]:
-    """What the numbers were measured on."""
-    info = {
-        "nproc": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "lightning": L.__version__,
-        "platform": platform.platform(),
-        "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-    }
-    try:
-        info["loadavg_1m"] = os.getloadavg()[0]
-    except OSError:
-        pass
-    return info
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
