@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import csv
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,6 +81,19 @@ def _columns(header: list[str], required: tuple[str, ...], path: Path) -> dict[s
     return col
 
 
+def _csv_rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, list[str], dict[str, int]]]:
+    """``(line number, row, column index)`` of every non-blank row; a short row raises naming file and line."""
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        col = _columns(next(reader, []), required, path)
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) < len(col):
+                raise ValueError(f"{path}:{reader.line_num}: expected {len(col)} fields, got {len(row)}")
+            yield reader.line_num, row, col
+
+
 def _float_or_none(text: str, what: str, path: Path, line: int) -> float | None:
     text = text.strip()
     if not text:
@@ -100,28 +114,20 @@ def _read_detailed(path: Path, notes: Counter[str]) -> dict[str, _Raters]:
             f"columns {', '.join(DETAILED_COLUMNS)}) are required"
         )
     out: dict[str, _Raters] = {}
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        col = _columns(next(reader, []), DETAILED_COLUMNS, path)
-        for row in reader:
-            if not any(cell.strip() for cell in row):
-                continue
-            line = reader.line_num
-            if len(row) < len(col):
-                raise ValueError(f"{path}:{line}: expected {len(col)} fields, got {len(row)}")
-            raters = out.setdefault(Path(row[col["FileName"]].strip()).stem, _Raters())
-            major = row[col["EmoClass_Major"]].strip()
-            if major:
-                raters.majors.append(_canonical(major))
+    for line, row, col in _csv_rows(path, DETAILED_COLUMNS):
+        raters = out.setdefault(Path(row[col["FileName"]].strip()).stem, _Raters())
+        major = row[col["EmoClass_Major"]].strip()
+        if major:
+            raters.majors.append(_canonical(major))
+        else:
+            notes["empty_primary"] += 1
+        raters.seconds.append([_canonical(s) for s in row[col["EmoClass_Second"]].split(",") if s.strip()])
+        for k, name in enumerate(VAD_COLUMNS):
+            value = _float_or_none(row[col[name]], name, path, line)
+            if value is None:
+                notes["missing_vad_rating"] += 1
             else:
-                notes["empty_primary"] += 1
-            raters.seconds.append([_canonical(s) for s in row[col["EmoClass_Second"]].split(",") if s.strip()])
-            for k, name in enumerate(VAD_COLUMNS):
-                value = _float_or_none(row[col[name]], name, path, line)
-                if value is None:
-                    notes["missing_vad_rating"] += 1
-                else:
-                    raters.vad[k].append(value)
+                raters.vad[k].append(value)
     return out
 
 
@@ -231,33 +237,25 @@ def read_msp_podcast(
     consensus = root / "Labels" / "labels_consensus.csv"
     records: list[UtteranceRecord] = []
     seen: set[str] = set()
-    with consensus.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        col = _columns(next(reader, []), CONSENSUS_COLUMNS, consensus)
-        for row in reader:
-            if not any(cell.strip() for cell in row):
-                continue
-            line = reader.line_num
-            if len(row) < len(col):
-                raise ValueError(f"{consensus}:{line}: expected {len(col)} fields, got {len(row)}")
-            name = row[col["FileName"]].strip()
-            utt_id = Path(name).stem
-            if utt_id in seen:
-                raise ValueError(f"{consensus}:{line}: FileName {name} appears twice")
-            seen.add(utt_id)
-            official = _split_of(row[col["Split_Set"]], consensus, line)
-            raters = detailed.get(utt_id)
-            if raters is None:
-                report.skipped[utt_id] = "no per-rater row in labels_detailed.csv"
-                continue
-            record = _record(root, name, raters, class_set, secondary_weight, report)
-            if record is not None:
-                record.split = official
-                record.speaker = row[col["SpkrID"]].strip()
-                if record.vad is None:
-                    record.vad = _consensus_vad(row, col, consensus, line, report.notes)
-                    record.vad_scale = None if record.vad is None else VAD_SCALE
-                records.append(record)
+    for line, row, col in _csv_rows(consensus, CONSENSUS_COLUMNS):
+        name = row[col["FileName"]].strip()
+        utt_id = Path(name).stem
+        if utt_id in seen:
+            raise ValueError(f"{consensus}:{line}: FileName {name} appears twice")
+        seen.add(utt_id)
+        official = _split_of(row[col["Split_Set"]], consensus, line)
+        raters = detailed.get(utt_id)
+        if raters is None:
+            report.skipped[utt_id] = "no per-rater row in labels_detailed.csv"
+            continue
+        record = _record(root, name, raters, class_set, secondary_weight, report)
+        if record is not None:
+            record.split = official
+            record.speaker = row[col["SpkrID"]].strip()
+            if record.vad is None:
+                record.vad = _consensus_vad(row, col, consensus, line, report.notes)
+                record.vad_scale = None if record.vad is None else VAD_SCALE
+            records.append(record)
     missing = len(set(detailed) - seen)
     if missing:
         report.notes["detailed_without_consensus"] += missing

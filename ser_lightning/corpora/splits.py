@@ -129,15 +129,7 @@ def group_split(
         if len(groups) != len(ids):
             raise ValueError(f"group_split: {len(ids)} ids but {len(groups)} groups")
         group_of = dict(zip(ids, groups, strict=True))
-    unique = sorted({str(g) for g in group_of.values()})
-    perm = np.random.default_rng(seed).permutation(len(unique))
-    sizes = split_sizes(len(unique), ratios)
-    split_of_group: dict[str, str] = {}
-    start = 0
-    for name, size in zip(ORDERED_SPLITS, sizes, strict=True):
-        for k in perm[start : start + size]:
-            split_of_group[unique[k]] = name
-        start += size
+    split_of_group = random_split({str(g) for g in group_of.values()}, ratios, seed)  # whole groups to a split
     return {i: split_of_group[str(g)] for i, g in group_of.items()}
 
 
