@@ -42,9 +42,9 @@ import torch
 from machine import machine
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from ser_lightning.data.batching import expected_batch_size
-from ser_lightning.data.datamodule import SERDataModule
-from ser_lightning.data.pipeline import read_durations
+from ser_lightning.data.shards.card import read_card, read_durations, shard_paths
+from ser_lightning.data.stream.batching import expected_batch_size
+from ser_lightning.data.stream.datamodule import SERDataModule
 
 # --------------------------------------------------------------------------------------------
 # The plain baseline
@@ -249,9 +249,9 @@ def load_tokenizer(name: str | None) -> Any | None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure both loaders; return settings, machine, per-loader medians and the ratios."""
     tokenizer = load_tokenizer(args.tokenizer)
-    probe = SERDataModule(args.shards, label_source=args.label_source)
-    shards = probe.shard_paths(args.split)
-    sample_rate = int(probe.card.get("sample_rate", 16000))
+    card = read_card(args.shards, args.label_source)
+    shards = [str(p) for p in shard_paths(args.shards, args.split, card)]
+    sample_rate = int(card["sample_rate"])
     durations = read_durations(shards[0], 512)
     expected = expected_batch_size(durations, args.max_batch_seconds, args.max_batch_size)
     plain_batch_size = args.plain_batch_size or max(1, round(expected))

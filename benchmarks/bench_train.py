@@ -50,7 +50,7 @@ from lightning.pytorch.callbacks import Callback
 from machine import machine
 from torch.utils.data import DataLoader
 
-from ser_lightning.data.datamodule import SERDataModule
+from ser_lightning.data.stream.datamodule import SERDataModule
 
 # facts the CLI links from the DataModule into the model (ser_lightning.cli.train.DATA_TO_MODEL)
 DATA_TO_MODEL = ("num_classes", "classes", "bin_edges", "class_counts")

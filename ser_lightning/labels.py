@@ -228,14 +228,6 @@ def width_edges(num_classes: int, num_bins: int = 3) -> np.ndarray:
     return np.linspace(0.0, math.log(num_classes), num_bins + 1)[1:-1]
 
 
-def assign_bins(values: np.ndarray | Sequence[float], edges: np.ndarray | Sequence[float]) -> np.ndarray:
-    """0-based bin index of each value for sorted inner ``edges``; a value equal to an edge goes to the lower bin."""
-    edges = np.asarray(edges, dtype=np.float64)
-    if edges.size > 1 and np.any(np.diff(edges) < 0):
-        raise ValueError("bin edges must be sorted ascending")
-    return np.searchsorted(edges, np.asarray(values, dtype=np.float64), side="left")
-
-
 # --------------------------------------------------------------------------------------------
 # Agreement and plurality
 # --------------------------------------------------------------------------------------------
@@ -284,7 +276,10 @@ def fleiss_kappa(counts: np.ndarray | Sequence[Sequence[float]]) -> FleissKappa:
 
 
 def plurality(counts: np.ndarray | Sequence[Sequence[float]], atol: float = 1e-9) -> tuple[np.ndarray, int]:
-    """Plurality class index per item, ties broken toward the class listed first; also the number of tied items."""
+    """Plurality class index per item, ties broken toward the class listed first; also the number of tied items.
+
+    The torch twin for model outputs is :func:`ser_lightning.metrics.functional.probability.dominant_class`.
+    """
     n = np.asarray(counts, dtype=np.float64)
     top = n.max(axis=-1, keepdims=True)
     is_max = n >= top - atol

@@ -20,8 +20,8 @@ import soundfile as sf
 import webdataset as wds
 
 from ser_lightning.corpora.record import UtteranceRecord
-from ser_lightning.data.card import CARD_NAME, read_card, shard_paths
-from ser_lightning.data.shards import SHARD_PATTERN, sample_key, write_shards
+from ser_lightning.data.shards.card import CARD_NAME, read_card, shard_paths
+from ser_lightning.data.shards.writer import SHARD_PATTERN, sample_key, write_shards
 
 CLASSES = ("Anger", "Happiness", "Neutral", "Sadness")
 RATE = 16000

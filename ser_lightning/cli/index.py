@@ -8,7 +8,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from ser_lightning.data.dime_index import FEATURE_BLOCKS, Encoder, FeatureConfig, build_dime_index
+from ser_lightning.data.dime.index import FEATURE_BLOCKS, Encoder, FeatureConfig, build_dime_index
 
 
 def _load_encoder(spec: str) -> Encoder:

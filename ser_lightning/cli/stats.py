@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ser_lightning.corpora.crema_d import is_tabulated_votes, read_tabulated_votes
-from ser_lightning.data.shards import shard_dir_statistics
+from ser_lightning.data.shards.card import shard_dir_statistics
 from ser_lightning.labels import CLASS_SETS, get_class_set
 from ser_lightning.stats import STATS_KEYS, vote_statistics
 
@@ -54,13 +54,6 @@ def table_statistics(path: Path, classes: str | None = None, crema_d_modality: s
     return vote_statistics(counts, names)
 
 
-def shard_statistics(directory: Path) -> dict[str, Any]:
-    """The statistics stored in a shard directory's ``card.json``: ``all`` and each split."""
-    if not (directory / "card.json").is_file():
-        raise FileNotFoundError(f"{directory}: no card.json; is this a directory written by ser-prepare?")
-    return shard_dir_statistics(directory)
-
-
 def _format_table(stats: dict[str, Any]) -> str:
     lines = []
     for key in STATS_KEYS:
@@ -85,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.path.is_dir():
-            stats: dict[str, Any] = shard_statistics(args.path)
+            stats: dict[str, Any] = shard_dir_statistics(args.path)
         else:
             stats = table_statistics(args.path, args.classes, args.crema_d_modality)
     except (OSError, ValueError, KeyError) as err:

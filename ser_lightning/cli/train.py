@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from pathlib import Path
@@ -11,8 +12,8 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from ser_lightning.data.datamodule import SERDataModule
 from ser_lightning.data.shards import iter_shard_meta
+from ser_lightning.data.stream.datamodule import SERDataModule
 from ser_lightning.metrics.functional import js_divergence
 from ser_lightning.models.base import DistributionModule
 from ser_lightning.models.predictions import PredictionWriter
@@ -21,6 +22,25 @@ log = logging.getLogger(__name__)
 
 # facts the model takes from the data (linked when both are instantiated)
 DATA_TO_MODEL = ("num_classes", "classes", "bin_edges", "class_counts")
+
+# The project's defaults for every config: a config under configs/ sets only what is specific to its experiment
+# (e.g. max_epochs, precision, the run name as ``trainer.logger.init_args.name``).
+SEED = 0
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "log_every_n_steps": 20,
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": "runs", "name": "default"},
+    },
+}
+# keep the best checkpoint on validation JS (lower is better) and the last one
+CHECKPOINT_DEFAULTS: dict[str, Any] = {
+    "checkpoint.monitor": "val/js",
+    "checkpoint.mode": "min",
+    "checkpoint.filename": "best-epoch{epoch:02d}-js{val/js:.4f}",
+    "checkpoint.auto_insert_metric_name": False,
+    "checkpoint.save_last": True,
+}
 
 
 class SERLightningCLI(LightningCLI):
@@ -31,15 +51,7 @@ class SERLightningCLI(LightningCLI):
         for name in DATA_TO_MODEL:
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults(
-            {
-                "checkpoint.monitor": "val/js",
-                "checkpoint.mode": "min",
-                "checkpoint.filename": "best-epoch{epoch:02d}-js{val/js:.4f}",
-                "checkpoint.auto_insert_metric_name": False,
-                "checkpoint.save_last": True,
-            }
-        )
+        parser.set_defaults(CHECKPOINT_DEFAULTS)
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.add_argument(
@@ -114,10 +126,6 @@ def main(args: list[str] | None = None) -> None:
         auto_configure_optimizers=False,
         args=args,
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={
-            "logger": {
-                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                "init_args": {"save_dir": "runs", "name": "default"},
-            },
-        },
+        trainer_defaults=copy.deepcopy(TRAINER_DEFAULTS),
+        seed_everything_default=SEED,
     )

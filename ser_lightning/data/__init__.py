@@ -1,1 +1,1 @@
-"""Shards, streaming, DiME-Aug and the LightningDataModule."""
+"""Shards (``shards/``), streaming and the DataModule (``stream/``), DiME-Aug (``dime/``), the demo (``demo/``)."""

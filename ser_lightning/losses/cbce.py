@@ -8,6 +8,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ser_lightning.metrics.functional.probability import dominant_class
+
 
 def class_balanced_weights(class_counts: Sequence[float], beta: float = 0.999) -> Tensor:
     """Per-class weights (1 - β) / (1 - β^n_c), normalised to sum to the number of classes.
@@ -25,8 +27,7 @@ class ClassBalancedCrossEntropyLoss(nn.Module):
     """Cross-entropy against the plurality label with class-balanced weights.
 
     Args:
-        class_counts: training samples per class (plurality labels); None gives plain cross-entropy
-            until :meth:`set_class_counts` is called (e.g. from the training card's vote totals).
+        class_counts: training samples per class (plurality labels); None gives plain cross-entropy.
         beta: the effective-number hyper-parameter β.
     """
 
@@ -38,15 +39,9 @@ class ClassBalancedCrossEntropyLoss(nn.Module):
         weight = None if class_counts is None else class_balanced_weights(class_counts, beta)
         self.register_buffer("weight", weight, persistent=False)
 
-    def set_class_counts(self, class_counts: Sequence[float]) -> None:
-        """Set the class weights from training counts."""
-        device = self.weight.device if self.weight is not None else None
-        self.weight = class_balanced_weights(class_counts, self.beta).to(device)
-
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Loss for ``(B, C)`` logits and either ``(B,)`` class indices or ``(B, C)`` distributions (-> plurality)."""
         if target.ndim == 2:
-            top = target.max(-1, keepdim=True).values
-            target = (target >= top - 1e-9).int().argmax(-1)  # ties toward the first class, as labels.plurality
+            target = dominant_class(target)  # ties toward the first class, as labels.plurality
         weight = None if self.weight is None else self.weight.to(logits.dtype)
         return F.cross_entropy(logits, target.long(), weight=weight)

@@ -4,31 +4,14 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor, nn
 
-_EPS = 1e-8
+# the one definition of each (losses -> metrics.functional); re-exported here under the losses' names
+from ser_lightning.metrics.functional.probability import entropy, js_divergence, kl_divergence
 
+prediction_entropy = entropy  # the name this module gave the entropy of predicted distributions
 
-def js_divergence(p: Tensor, q: Tensor, base: float = math.e) -> Tensor:
-    """Per-row Jensen-Shannon divergence ½KL(p‖m) + ½KL(q‖m), m = ½(p+q), shape ``(..., C) -> (...)``.
-
-    Symmetric and finite for zeros; ``base`` 2 gives the metric's [0, 1] scale, e the losses' [0, ln 2].
-    """
-    m = 0.5 * (p + q)
-    kl_pm = torch.xlogy(p, p) - torch.xlogy(p, m.clamp_min(_EPS))
-    kl_qm = torch.xlogy(q, q) - torch.xlogy(q, m.clamp_min(_EPS))
-    return 0.5 * (kl_pm + kl_qm).sum(-1) / math.log(base)
-
-
-def kl_divergence(target: Tensor, log_pred: Tensor) -> Tensor:
-    """Per-row KL(target ‖ pred) in nats from log-probabilities of the prediction."""
-    return (torch.xlogy(target, target) - target * log_pred).sum(-1)
-
-
-def prediction_entropy(probs: Tensor) -> Tensor:
-    """Per-row Shannon entropy (nats) of predicted distributions."""
-    return -torch.xlogy(probs, probs).sum(-1)
+__all__ = ["JSDivergenceLoss", "KLDivergenceLoss", "js_divergence", "kl_divergence", "prediction_entropy"]
 
 
 class JSDivergenceLoss(nn.Module):
@@ -46,10 +29,10 @@ class JSDivergenceLoss(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Loss for ``(B, C)`` logits and ``(B, C)`` target distributions."""
-        probs = logits.softmax(-1)
+        probs = logits.softmax(-1)  # an underflow to exactly 0 is masked in js_divergence: finite gradients
         loss = js_divergence(target, probs, self.base).mean()
         if self.entropy_weight:
-            loss = loss + self.entropy_weight * prediction_entropy(probs).mean()
+            loss = loss + self.entropy_weight * entropy(probs).mean()
         return loss
 
 

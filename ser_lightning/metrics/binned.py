@@ -1,4 +1,4 @@
-"""Every metric overall and per ambiguity bin (entropy of the *target* distribution), with means and medians.
+"""Every metric overall and per ambiguity bin (stored entropy of the *target* distribution), with means and medians.
 
 Per-utterance scores are kept as ``cat`` states and gathered across ranks, so means, medians and
 per-bin classification scores are exact under DDP (uneven samples per rank included).
@@ -14,24 +14,19 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from ser_lightning.metrics.functional.classification import classification_scores, confusion_matrix, dominant_class
+from ser_lightning.metrics.functional.classification import classification_scores, confusion_matrix
 from ser_lightning.metrics.functional.distribution import DISTRIBUTION_METRICS
-
-_EDGE_TOL = 1e-6  # float32 targets: an entropy within this of an edge counts as equal to it (lower bin)
-
-
-def _target_entropy(target: Tensor) -> Tensor:
-    q = target.double() / target.double().sum(-1, keepdim=True)
-    return -torch.xlogy(q, q).sum(-1)
+from ser_lightning.metrics.functional.probability import dominant_class
 
 
 class AmbiguityBinnedMetrics(Metric):
     """JS, BC, R², KL (mean and median) and acc / F1 / W-F1, overall and per entropy bin.
 
     Keys of :meth:`compute`: ``js``, ``js_median``, ..., ``acc``, ``f1``, ``wf1``, ``count`` overall and the
-    same under ``bin1/``, ``bin2/``, ... (bin 1 = least ambiguous). A value equal to an edge (within 1e-6
-    nats, since targets arrive in float32 while edges come from float64 votes) belongs to the lower bin.
-    Empty bins report ``count`` 0 and NaN scores.
+    same under ``bin1/``, ``bin2/``, ... (bin 1 = least ambiguous). Samples are binned on the target entropy
+    stored with them (float64 nats from the votes, the numbers the card's edges were computed from), so an
+    entropy equal to an edge is exactly equal and belongs to the lower bin. Empty bins report ``count`` 0 and
+    NaN scores.
 
     Args:
         num_classes: size of the class set.
@@ -59,12 +54,15 @@ class AmbiguityBinnedMetrics(Metric):
         """Number of ambiguity bins K."""
         return self.bin_edges.numel() + 1
 
-    def update(self, preds: Tensor, target: Tensor) -> None:
-        """Add predicted and target distributions, both ``(N, C)``."""
-        preds, target = preds.detach(), target.detach()
+    def update(self, preds: Tensor, target: Tensor, entropy: Tensor) -> None:
+        """Add predicted and target distributions, both ``(N, C)``, and the targets' stored entropy ``(N,)`` in nats."""
+        preds, target, entropy = preds.detach(), target.detach(), entropy.detach()
+        if entropy.shape != target.shape[:1]:
+            raise ValueError(f"entropy must be ({target.shape[0]},) to match target, got {tuple(entropy.shape)}")
         self.scores.append(torch.stack([fn(preds, target) for fn in DISTRIBUTION_METRICS.values()], dim=-1).double())
         edges = self.bin_edges.to(target.device)
-        self.bins.append(torch.bucketize(_target_entropy(target) - _EDGE_TOL, edges, right=False).long())
+        # right=False: the first edge >= the value, so a value equal to an edge goes to the lower bin
+        self.bins.append(torch.bucketize(entropy.to(target.device, torch.float64), edges, right=False).long())
         self.pred_labels.append(dominant_class(preds).long())
         self.target_labels.append(dominant_class(target).long())
 

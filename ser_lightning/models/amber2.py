@@ -116,12 +116,5 @@ class AmbER2(DistributionModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """AdamW; trainable encoder parameters may get their own learning rate."""
         hp = self.hparams
-        encoder_params = [
-            p for enc in (self.audio_encoder, self.text_encoder) for p in enc.parameters() if p.requires_grad
-        ]
-        encoder_ids = {id(p) for p in encoder_params}
-        other = [p for p in self.parameters() if p.requires_grad and id(p) not in encoder_ids]
-        groups = [{"params": other, "lr": hp.lr}]
-        if encoder_params:
-            groups.append({"params": encoder_params, "lr": hp.encoder_lr or hp.lr})
+        groups = self.parameter_groups((self.audio_encoder, self.text_encoder), hp.lr, hp.encoder_lr or hp.lr)
         return torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)

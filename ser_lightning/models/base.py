@@ -11,9 +11,10 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ser_lightning.metrics import AmbiguityBinnedMetrics
+from ser_lightning.metrics.functional.probability import entropy
 from ser_lightning.models.figures import bin_bar_chart, confusion_figure
 
 EVAL_STAGES = ("val", "test")
@@ -62,8 +63,11 @@ class DistributionModule(L.LightningModule):
         return terms["loss"]
 
     def _eval_step(self, stage: str, batch: dict[str, Any]) -> None:
-        probs = self(batch)
-        self.eval_metrics[stage].update(probs.float(), batch["targets"].float())
+        self._update_eval_metrics(stage, self(batch), batch)
+
+    def _update_eval_metrics(self, stage: str, probs: Tensor, batch: dict[str, Any]) -> None:
+        # bins follow the target entropy stored with each sample (float64 nats), not one recomputed here
+        self.eval_metrics[stage].update(probs.float(), batch["targets"].float(), batch["entropy"])
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Accumulate validation metrics."""
@@ -100,11 +104,25 @@ class DistributionModule(L.LightningModule):
         experiment.add_figure(f"{stage}/per_bin", bin_bar_chart(values), self.global_step, close=True)
         experiment.add_figure(f"{stage}/confusion", confusion_figure(confusion.cpu(), self.classes), self.global_step)
 
+    # -- optimisation ------------------------------------------------------------------------
+    def parameter_groups(self, encoders: Sequence[nn.Module], lr: float, encoder_lr: float) -> list[dict[str, Any]]:
+        """Trainable parameters as optimizer groups: everything else at ``lr``, then the encoders' at ``encoder_lr``.
+
+        The encoder group is left out when every encoder parameter is frozen.
+        """
+        encoder_params = [p for enc in encoders for p in enc.parameters() if p.requires_grad]
+        encoder_ids = {id(p) for p in encoder_params}
+        other = [p for p in self.parameters() if p.requires_grad and id(p) not in encoder_ids]
+        groups: list[dict[str, Any]] = [{"params": other, "lr": lr}]
+        if encoder_params:
+            groups.append({"params": encoder_params, "lr": encoder_lr})
+        return groups
+
     # -- prediction --------------------------------------------------------------------------
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         """One record per utterance: id, classes, probabilities, entropy (nats)."""
         probs = self(batch).float()
-        ent = -torch.xlogy(probs, probs).sum(-1)
+        ent = entropy(probs)
         return [
             {"id": uid, "classes": self.classes, "probabilities": p.tolist(), "entropy": float(h)}
             for uid, p, h in zip(batch["ids"], probs.cpu(), ent.cpu(), strict=True)

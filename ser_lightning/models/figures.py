@@ -1,15 +1,15 @@
-"""Matplotlib figures logged at the end of evaluation: per-bin metrics and the confusion matrix."""
+"""Matplotlib figures logged at the end of evaluation: per-bin metrics and the confusion matrix.
+
+Figures are built as :class:`matplotlib.figure.Figure` objects, without pyplot, so importing the models never
+selects or changes the program's matplotlib backend and no figure is left open in pyplot's registry.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import torch
+from matplotlib.figure import Figure
 
 BAR_METRICS = ("js", "bc", "r2", "acc", "f1")
 
@@ -17,7 +17,8 @@ BAR_METRICS = ("js", "bc", "r2", "acc", "f1")
 def bin_bar_chart(values: dict[str, torch.Tensor], metrics: Sequence[str] = BAR_METRICS) -> Figure:
     """Grouped bars: each metric per ambiguity bin (bin 1 = least ambiguous), with sample counts."""
     bins = sorted({k.split("/")[0] for k in values if k.startswith("bin")}, key=lambda b: int(b[3:]))
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig = Figure(figsize=(7, 3.5))
+    ax = fig.subplots()
     width = 0.8 / max(len(bins), 1)
     for i, b in enumerate(bins):
         heights = [float(values[f"{b}/{m}"]) for m in metrics]  # float() also moves CUDA scalars to the host
@@ -35,7 +36,8 @@ def confusion_figure(confusion: torch.Tensor, classes: Sequence[str]) -> Figure:
     """Row-normalised confusion matrix of plurality (rows) against predicted dominant class (columns)."""
     cm = confusion.detach().cpu().double()
     norm = cm / cm.sum(1, keepdim=True).clamp_min(1)
-    fig, ax = plt.subplots(figsize=(1 + 0.7 * len(classes), 1 + 0.6 * len(classes)))
+    fig = Figure(figsize=(1 + 0.7 * len(classes), 1 + 0.6 * len(classes)))
+    ax = fig.subplots()
     ax.imshow(norm.numpy(), vmin=0, vmax=1, cmap="Blues")
     for r in range(cm.shape[0]):
         for c in range(cm.shape[1]):

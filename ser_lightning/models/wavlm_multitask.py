@@ -11,7 +11,7 @@ from torchmetrics.regression import ConcordanceCorrCoef
 
 from ser_lightning.losses import CCCLoss, ClassBalancedCrossEntropyLoss, JSDivergenceLoss, KLDivergenceLoss
 from ser_lightning.models.base import EVAL_STAGES, DistributionModule
-from ser_lightning.nn import MLPHead, RegressionHead
+from ser_lightning.nn import MLPHead
 
 VAD_NAMES = ("valence", "arousal", "dominance")
 
@@ -66,7 +66,7 @@ class WavLMMultitask(DistributionModule):
         self.categorical_head = MLPHead(audio_encoder.output_dim, num_classes, head_hidden_dim, dropout)
         # no regression head without its loss: a head without gradients would break DDP
         self.vad_head = (
-            RegressionHead(audio_encoder.output_dim, len(VAD_NAMES), head_hidden_dim, dropout) if vad_weight else None
+            MLPHead(audio_encoder.output_dim, len(VAD_NAMES), head_hidden_dim, dropout) if vad_weight else None
         )
         losses: dict[str, nn.Module] = {
             "ce": ClassBalancedCrossEntropyLoss(None),
@@ -109,7 +109,7 @@ class WavLMMultitask(DistributionModule):
 
     def _eval_step(self, stage: str, batch: dict[str, Any]) -> None:
         logits, vad = self.outputs(batch)
-        self.eval_metrics[stage].update(logits.softmax(-1).float(), batch["targets"].float())
+        self._update_eval_metrics(stage, logits.softmax(-1), batch)
         if vad is None:
             return
         target = batch["vad"].float()
@@ -131,12 +131,7 @@ class WavLMMultitask(DistributionModule):
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW with separate encoder and head rates, annealed on a ``val/js`` plateau (NewBob-like)."""
         hp = self.hparams
-        encoder = [p for p in self.audio_encoder.parameters() if p.requires_grad]
-        encoder_ids = {id(p) for p in encoder}
-        heads = [p for p in self.parameters() if p.requires_grad and id(p) not in encoder_ids]
-        groups = [{"params": heads, "lr": hp.head_lr}]
-        if encoder:
-            groups.append({"params": encoder, "lr": hp.encoder_lr})
+        groups = self.parameter_groups((self.audio_encoder,), hp.head_lr, hp.encoder_lr)
         optimizer = torch.optim.AdamW(groups, weight_decay=hp.weight_decay)
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=hp.plateau_factor, threshold=hp.plateau_threshold, patience=0

@@ -1,7 +1,7 @@
 """Plain ``nn.Module`` building blocks shared by the models: encoders, pooling, heads and fusion."""
 
 from ser_lightning.nn.audio import AudioEncoder, normalize_waveform, tiny_audio_config
-from ser_lightning.nn.heads import GatedFusion, MLPHead, RegressionHead
+from ser_lightning.nn.heads import GatedFusion, MLPHead
 from ser_lightning.nn.mel import MelEncoder
 from ser_lightning.nn.pooling import AttentiveStatisticsPooling, MeanPooling, masked_mean
 from ser_lightning.nn.text import TextEncoder, minilm_path, tiny_text_config
@@ -13,7 +13,6 @@ __all__ = [
     "MLPHead",
     "MeanPooling",
     "MelEncoder",
-    "RegressionHead",
     "TextEncoder",
     "masked_mean",
     "minilm_path",

@@ -6,61 +6,34 @@ import torch
 from torch import Tensor, nn
 
 
-def _two_layer_mlp(in_dim: int, out_dim: int, hidden_dim: int, dropout: float) -> nn.Sequential:
-    """``Linear -> ReLU -> Dropout -> Linear``, with its sizes checked."""
-    if min(in_dim, out_dim, hidden_dim) <= 0:
-        raise ValueError(f"sizes must be positive, got in={in_dim}, hidden={hidden_dim}, out={out_dim}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden_dim, out_dim))
-
-
 class MLPHead(nn.Module):
-    """Two linear layers with a ReLU between (AmbER² Sec. 4.2, "Network Parameters"); returns logits.
+    """Two linear layers with a ReLU between (AmbER² Sec. 4.2, "Network Parameters"): class logits or VAD values.
 
-    The softmax that turns the logits into a distribution over emotion classes is left to the model or the
-    loss, so that losses can work on log-probabilities.
+    Outputs are raw: the softmax that turns class logits into a distribution is left to the model or the loss
+    (so losses can work on log-probabilities), and regression targets are scaled, not the head.
     """
 
-    def __init__(self, in_dim: int, num_classes: int, hidden_dim: int = 256, dropout: float = 0.1) -> None:
-        """Build the head.
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 256, dropout: float = 0.1) -> None:
+        """Build ``Linear -> ReLU -> Dropout -> Linear``.
 
         Args:
             in_dim: size of the input embedding.
-            num_classes: number of emotion classes (logits returned).
+            out_dim: number of outputs (classes for logits, 3 for arousal, valence and dominance).
             hidden_dim: size of the hidden layer.
             dropout: dropout after the ReLU.
         """
         super().__init__()
-        self.output_dim = num_classes
-        self.net = _two_layer_mlp(in_dim, num_classes, hidden_dim, dropout)
+        if min(in_dim, out_dim, hidden_dim) <= 0:
+            raise ValueError(f"sizes must be positive, got in={in_dim}, hidden={hidden_dim}, out={out_dim}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.output_dim = out_dim
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden_dim, out_dim)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
-        """Map ``(B, in_dim)`` embeddings to ``(B, num_classes)`` logits."""
-        return self.net(x)
-
-
-class RegressionHead(nn.Module):
-    """Two linear layers with a ReLU between, for unbounded regression targets (e.g. arousal, valence, dominance).
-
-    Outputs are raw values; scale the targets (not the head) to the range the loss expects.
-    """
-
-    def __init__(self, in_dim: int, num_outputs: int = 3, hidden_dim: int = 256, dropout: float = 0.1) -> None:
-        """Build the head.
-
-        Args:
-            in_dim: size of the input embedding.
-            num_outputs: number of regressed values (3 for arousal, valence and dominance).
-            hidden_dim: size of the hidden layer.
-            dropout: dropout after the ReLU.
-        """
-        super().__init__()
-        self.output_dim = num_outputs
-        self.net = _two_layer_mlp(in_dim, num_outputs, hidden_dim, dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Map ``(B, in_dim)`` embeddings to ``(B, num_outputs)`` values."""
+        """Map ``(B, in_dim)`` embeddings to ``(B, out_dim)`` raw outputs."""
         return self.net(x)
 
 

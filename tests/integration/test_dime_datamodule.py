@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from shard_fixtures import write_test_shards
 
-from ser_lightning.data.datamodule import SERDataModule
-from ser_lightning.data.dime_index import build_dime_index
-from ser_lightning.data.dime_mixer import DimeMixer
+from ser_lightning.data.dime.index import build_dime_index
+from ser_lightning.data.dime.mixer import DimeMixer
+from ser_lightning.data.stream.datamodule import SERDataModule
 
 pytestmark = pytest.mark.integration
 

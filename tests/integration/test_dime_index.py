@@ -15,8 +15,8 @@ import torch.multiprocessing as mp
 from shard_fixtures import RATE, utterance, write_clips
 
 from ser_lightning.cli.index import main
-from ser_lightning.data.dime_index import FeatureConfig, build_dime_index
-from ser_lightning.data.dime_mixer import DimeMixer
+from ser_lightning.data.dime.index import FeatureConfig, build_dime_index
+from ser_lightning.data.dime.mixer import DimeMixer
 
 pytestmark = pytest.mark.integration
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from scipy.stats import entropy as scipy_entropy
 
 from ser_lightning.metrics import (
     AmbiguityBinnedMetrics,
@@ -29,8 +30,12 @@ def _data():
     n = TOTAL
     votes = rng.multinomial(9, rng.dirichlet(np.ones(6) * 0.6), size=n).astype(float)
     preds = rng.dirichlet(np.ones(6), size=n)
-    return torch.tensor(preds, dtype=torch.float32), torch.tensor(
-        votes / votes.sum(1, keepdims=True), dtype=torch.float32
+    target = votes / votes.sum(1, keepdims=True)
+    entropy = scipy_entropy(target, axis=1)  # the stored float64 entropy the binned metric bins on
+    return (
+        torch.tensor(preds, dtype=torch.float32),
+        torch.tensor(target, dtype=torch.float32),
+        torch.tensor(entropy, dtype=torch.float64),
     )
 
 
@@ -55,20 +60,21 @@ def _flatten(results):
     return flat
 
 
-def _compute(metrics, preds, target, batch=16):
+def _compute(metrics, preds, target, entropy, batch=16):
     for i in range(0, len(preds), batch):
-        for m in metrics.values():
-            m.update(preds[i : i + batch], target[i : i + batch])
+        for name, m in metrics.items():
+            extra = (entropy[i : i + batch],) if name == "binned" else ()
+            m.update(preds[i : i + batch], target[i : i + batch], *extra)
     return _flatten({name: m.compute() for name, m in metrics.items()})
 
 
 def _worker(rank, world, port, out_dir, first):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    preds, target = _data()
+    preds, target, entropy = _data()
     lo = 0 if rank == 0 else first
     hi = first if rank == 0 else TOTAL
-    result = _compute(_metrics(), preds[lo:hi], target[lo:hi])
+    result = _compute(_metrics(), preds[lo:hi], target[lo:hi], entropy[lo:hi])
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
@@ -83,8 +89,8 @@ def _free_port():
 def test_two_process_gloo_equals_single_process(tmp_path, first):
     args = (2, _free_port(), str(tmp_path), first)
     mp.start_processes(_worker, args=args, nprocs=2, join=True, start_method="spawn")
-    preds, target = _data()
-    single = _compute(_metrics(), preds, target)
+    preds, target, entropy = _data()
+    single = _compute(_metrics(), preds, target, entropy)
     for rank in range(2):
         got = torch.load(tmp_path / f"rank{rank}.pt")
         assert got.keys() == single.keys()

@@ -14,7 +14,7 @@ import soundfile as sf
 from ser_lightning.cli.prepare import main
 from ser_lightning.corpora.crema_d import VOTE_COLUMNS
 from ser_lightning.corpora.record import ReadReport, UtteranceRecord
-from ser_lightning.data.card import iter_shard_meta, read_card, shard_dir_statistics
+from ser_lightning.data.shards.card import iter_shard_meta, read_card, shard_dir_statistics
 from ser_lightning.stats import STATS_KEYS, vote_statistics
 
 pytestmark = pytest.mark.integration

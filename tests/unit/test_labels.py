@@ -63,18 +63,13 @@ def test_entropy_matches_scipy():
     assert L.entropy([0.25] * 4) == pytest.approx(math.log(4))
 
 
-def test_bins_quantile_width_and_edge_rule():
+def test_bin_edges_quantile_and_width():
     ref = np.arange(1, 10, dtype=float)  # 1..9
     edges = L.quantile_edges(ref, 3)
     np.testing.assert_allclose(edges, np.quantile(ref, [1 / 3, 2 / 3]))
     assert len(L.quantile_edges(ref, 5)) == 4
     np.testing.assert_allclose(L.width_edges(4, 2), [math.log(4) / 2])
     np.testing.assert_allclose(L.width_edges(6, 3), [math.log(6) / 3, 2 * math.log(6) / 3])
-    # a value equal to an edge belongs to the lower bin
-    assert list(L.assign_bins([0.0, 1.0, 1.0000001, 2.0, 5.0], [1.0, 2.0])) == [0, 0, 1, 1, 2]
-    assert list(L.assign_bins([3.0], [])) == [0]
-    with pytest.raises(ValueError, match="sorted"):
-        L.assign_bins([1.0], [2.0, 1.0])
 
 
 def _fleiss_reference(n):

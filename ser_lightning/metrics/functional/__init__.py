@@ -1,6 +1,11 @@
-"""Functional twins of the metric classes: pure tensor math, no state."""
+"""Functional twins of the metric classes: pure tensor math, no state.
 
-from ser_lightning.metrics.functional.classification import classification_scores, confusion_matrix, dominant_class
+:mod:`~ser_lightning.metrics.functional.probability` holds the per-row distribution maths (entropy, KL, JS with a
+log base, dominant class) that losses and models share; ``js_divergence`` and ``kl_divergence`` here are the
+metrics' means over utterances (bits and nats).
+"""
+
+from ser_lightning.metrics.functional.classification import classification_scores, confusion_matrix
 from ser_lightning.metrics.functional.distribution import (
     DISTRIBUTION_METRICS,
     bhattacharyya_coefficient,
@@ -10,8 +15,8 @@ from ser_lightning.metrics.functional.distribution import (
     kl_divergence,
     kl_divergence_per_item,
     r2_per_item,
-    r2_score_distribution,
 )
+from ser_lightning.metrics.functional.probability import dominant_class, entropy
 
 __all__ = [
     "DISTRIBUTION_METRICS",
@@ -20,10 +25,10 @@ __all__ = [
     "classification_scores",
     "confusion_matrix",
     "dominant_class",
+    "entropy",
     "js_divergence",
     "js_divergence_per_item",
     "kl_divergence",
     "kl_divergence_per_item",
     "r2_per_item",
-    "r2_score_distribution",
 ]

@@ -9,6 +9,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ser_lightning.metrics.functional.probability import dominant_class
+
+__all__ = ["classification_scores", "confusion_matrix", "dominant_class"]
+
 
 def confusion_matrix(pred_labels: Tensor, target_labels: Tensor, num_classes: int) -> Tensor:
     """``num_classes x num_classes`` counts, rows = target class, columns = predicted class."""
@@ -29,8 +33,3 @@ def classification_scores(confmat: Tensor) -> dict[str, Tensor]:
     wf1 = (f1 * support).sum() / total if total > 0 else torch.tensor(float("nan"), dtype=torch.float64)
     return {"acc": acc, "f1": f1.mean(), "wf1": wf1}
 
-
-def dominant_class(probs: Tensor) -> Tensor:
-    """Index of the largest probability, ties toward the class listed first (as :func:`labels.plurality`)."""
-    top = probs.max(-1, keepdim=True).values
-    return (probs >= top - 1e-9).int().argmax(-1)

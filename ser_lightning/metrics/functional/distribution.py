@@ -1,16 +1,17 @@
 """Per-utterance distribution metrics: JS (log 2), Bhattacharyya coefficient, R² and KL.
 
 Each ``*_per_item`` function takes predicted and target distributions of shape ``(N, C)`` and returns
-``(N,)`` scores; both inputs are renormalised first, and zero probabilities never produce NaN. The
-plain functions average over utterances, the convention of these papers' evaluation code.
+``(N,)`` scores; both inputs are renormalised in float64 first, and zero probabilities never produce NaN. The
+plain functions average over utterances, the convention of these papers' evaluation code. JS and KL are the
+definitions of :mod:`ser_lightning.metrics.functional.probability`, which the losses use too.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
+
+from ser_lightning.metrics.functional import probability
 
 _EPS = 1e-10  # the evaluation code's guard for constant vectors and zero probabilities
 
@@ -26,12 +27,9 @@ def _check(preds: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def js_divergence_per_item(preds: Tensor, target: Tensor) -> Tensor:
-    """Jensen-Shannon divergence in bits, bounded in [0, 1]: ½ KL(p‖m) + ½ KL(q‖m), m = ½(p + q)."""
+    """Jensen-Shannon divergence in bits, in [0, 1]: ½ KL(p‖m) + ½ KL(q‖m), m = ½(p + q)."""
     p, q = _check(preds, target)
-    m = 0.5 * (p + q)
-    kl_pm = torch.xlogy(p, p) - torch.xlogy(p, m)
-    kl_qm = torch.xlogy(q, q) - torch.xlogy(q, m)
-    return (0.5 * (kl_pm + kl_qm).sum(-1) / math.log(2.0)).clamp(0.0, 1.0)
+    return probability.js_divergence(p, q, base=2.0)
 
 
 def bhattacharyya_coefficient_per_item(preds: Tensor, target: Tensor) -> Tensor:
@@ -57,7 +55,7 @@ def r2_per_item(preds: Tensor, target: Tensor) -> Tensor:
 def kl_divergence_per_item(preds: Tensor, target: Tensor) -> Tensor:
     """KL(target ‖ pred) in nats; predicted zeros are floored at 1e-10 so the result stays finite."""
     p, q = _check(preds, target)
-    return (torch.xlogy(q, q) - torch.xlogy(q, p.clamp_min(_EPS))).sum(-1).clamp_min(0.0)
+    return probability.kl_divergence(q, p.clamp_min(_EPS).log())
 
 
 def js_divergence(preds: Tensor, target: Tensor) -> Tensor:
@@ -68,11 +66,6 @@ def js_divergence(preds: Tensor, target: Tensor) -> Tensor:
 def bhattacharyya_coefficient(preds: Tensor, target: Tensor) -> Tensor:
     """Mean Bhattacharyya coefficient over utterances."""
     return bhattacharyya_coefficient_per_item(preds, target).mean()
-
-
-def r2_score_distribution(preds: Tensor, target: Tensor) -> Tensor:
-    """Mean per-utterance squared Pearson correlation (the papers' R²)."""
-    return r2_per_item(preds, target).mean()
 
 
 def kl_divergence(preds: Tensor, target: Tensor) -> Tensor:

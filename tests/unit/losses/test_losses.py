@@ -32,6 +32,31 @@ def test_js_divergence_matches_scipy_in_nats_and_bits():
     np.testing.assert_allclose(got2, got / math.log(2), atol=1e-7)
 
 
+def test_js_loss_matches_scipy_for_ordinary_fp32_inputs():
+    """The demo's loss: fp32 logits against vote distributions, within 1e-7 of a float64 scipy reference."""
+    rng = np.random.default_rng(5)
+    logits = torch.tensor(rng.normal(size=(64, 4)) * 2, dtype=torch.float32)
+    votes = rng.multinomial(5, rng.dirichlet(np.ones(4)), size=64).astype(float)
+    target = votes / votes.sum(1, keepdims=True)
+    probs = torch.softmax(logits.double(), -1).numpy()
+    want = np.mean([_js_nats(p, q) for p, q in zip(probs, target, strict=True)])
+    got = JSDivergenceLoss()(logits, torch.tensor(target, dtype=torch.float32)).item()
+    assert got == pytest.approx(want, abs=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("entropy_weight", [0.0, 0.08])
+def test_js_loss_gradients_finite_when_softmax_underflows(dtype, entropy_weight):
+    """Logits 200 apart make softmax probabilities exactly 0; one-hot targets make target zeros too."""
+    logits = torch.tensor([[200.0, 0.0, 0.0, -3.0], [0.0, 0.0, 200.0, 0.0]], dtype=dtype, requires_grad=True)
+    target = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]], dtype=dtype)
+    assert (logits.softmax(-1) == 0).any()
+    loss = JSDivergenceLoss(entropy_weight=entropy_weight)(logits, target)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.isfinite(logits.grad).all(), logits.grad
+
+
 def test_amber2_loss_hand_computation():
     y = np.array([[0.6, 0.4, 0.0], [0.2, 0.2, 0.6]])
     s = np.array([[0.5, 0.3, 0.2], [0.3, 0.3, 0.4]])
@@ -113,17 +138,40 @@ def test_class_balanced_weights_and_loss():
         class_balanced_weights(counts, 1.0)
 
 
+def _ccc_reference(p, t):
+    """CCC per column with sample (n - 1) moments, torchmetrics' (and the logged metric's) estimator."""
+    out = []
+    for a, b in zip(p.T, t.T, strict=True):
+        cov = np.cov(a, b)  # ddof=1
+        out.append(2 * cov[0, 1] / (cov[0, 0] + cov[1, 1] + (a.mean() - b.mean()) ** 2))
+    return np.array(out)
+
+
 def test_ccc_against_numpy_and_nan_rows():
     rng = np.random.default_rng(1)
     t = rng.normal(size=(20, 3))
-    p = t * 0.5 + rng.normal(size=(20, 3)) * 0.3
-    ccc = []
-    for d in range(3):
-        cov = np.mean((p[:, d] - p[:, d].mean()) * (t[:, d] - t[:, d].mean()))
-        ccc.append(2 * cov / (p[:, d].var() + t[:, d].var() + (p[:, d].mean() - t[:, d].mean()) ** 2))
+    p = t * 0.5 + rng.normal(size=(20, 3)) * 0.3 + 0.2
+    ccc = _ccc_reference(p, t)
     np.testing.assert_allclose(concordance_cc(torch.tensor(p), torch.tensor(t)).numpy(), ccc, atol=1e-9)
     assert CCCLoss()(torch.tensor(p), torch.tensor(t)).item() == pytest.approx(1 - np.mean(ccc))
     t_nan = t.copy()
-    t_nan[:3, 0] = np.nan
-    got = CCCLoss()(torch.tensor(p), torch.tensor(t_nan)).item()
-    assert math.isfinite(got)
+    t_nan[:3, 0] = np.nan  # a missing rating leaves only that dimension's row out
+    want = 1 - np.mean([_ccc_reference(p[3:, :1], t[3:, :1])[0], *ccc[1:]])
+    assert CCCLoss()(torch.tensor(p), torch.tensor(t_nan)).item() == pytest.approx(want)
+
+
+def test_ccc_loss_finite_for_degenerate_dimensions():
+    p = torch.tensor([[1.0, 0.5, 0.1], [1.0, 0.7, 0.3], [1.0, 0.2, 0.2]], requires_grad=True)
+    t = torch.tensor([[3.0, 2.0, float("nan")], [4.0, 2.0, float("nan")], [2.0, 2.0, 1.0]])
+    # dim 0: constant predictions; dim 1: constant targets; dim 2: one rated row -> nothing to correlate
+    loss = CCCLoss()(p, t)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert torch.isfinite(p.grad).all()
+    pb = torch.tensor([[0.1, 0.2], [0.5, 0.1], [0.3, 0.9], [0.8, 0.4]], dtype=torch.bfloat16, requires_grad=True)
+    tb = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.5, 2.0], [2.0, 1.0]], dtype=torch.bfloat16)
+    loss_b = CCCLoss()(pb, tb)
+    loss_b.backward()
+    assert loss_b.dtype == torch.bfloat16
+    assert torch.isfinite(loss_b)
+    assert torch.isfinite(pb.grad).all()

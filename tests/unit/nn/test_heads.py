@@ -4,12 +4,11 @@ import pytest
 import torch
 from torch import nn
 
-from ser_lightning.nn.heads import GatedFusion, MLPHead, RegressionHead
+from ser_lightning.nn.heads import GatedFusion, MLPHead
 
 
-@pytest.mark.parametrize("head_cls", [MLPHead, RegressionHead])
-def test_two_layer_heads(head_cls):
-    head = head_cls(16, 5, hidden_dim=8, dropout=0.0)
+def test_two_layer_head():
+    head = MLPHead(16, 5, hidden_dim=8, dropout=0.0)
     layers = list(head.net)
     assert [type(m) for m in layers] == [nn.Linear, nn.ReLU, nn.Dropout, nn.Linear]
     assert (layers[0].in_features, layers[0].out_features, layers[-1].out_features) == (16, 8, 5)
@@ -29,15 +28,11 @@ def test_mlp_head_returns_logits_not_probabilities():
     assert (logits < 0).any()
 
 
-def test_regression_head_defaults_to_three_outputs():
-    assert RegressionHead(10)(torch.randn(2, 10)).shape == (2, 3)
-
-
 def test_heads_reject_bad_sizes():
     with pytest.raises(ValueError, match="positive"):
         MLPHead(0, 4)
     with pytest.raises(ValueError, match="dropout"):
-        RegressionHead(4, dropout=1.0)
+        MLPHead(4, 3, dropout=1.0)
 
 
 def test_gated_fusion_shapes_gate_range_and_formula():

@@ -40,8 +40,8 @@ import torchaudio
 import webdataset as wds
 from tqdm.auto import tqdm
 
-from ser_lightning.data.card import read_card
-from ser_lightning.data.dime import dime_amounts, minority_classes, nearest_neighbours, standardise
+from ser_lightning.data.dime.maths import dime_amounts, minority_classes, nearest_neighbours, standardise
+from ser_lightning.data.shards.card import read_card
 from ser_lightning.labels import plurality
 
 Encoder = Callable[[np.ndarray, int, str], np.ndarray]
@@ -240,7 +240,7 @@ def build_dime_index(
     """
     shards_dir = Path(shards_dir)
     config = features or FeatureConfig()
-    card = read_card(shards_dir)
+    card = read_card(shards_dir, label_source)
     classes: list[str] = list(card["classes"])
     sample_rate = int(card.get("sample_rate", 16000))
     names = card.get("shards", {}).get(split) or []

@@ -2,20 +2,17 @@
 
 import io
 import json
-import math
 import random
 from collections import Counter
 
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from shard_fixtures import RATE, tone
 
-from ser_lightning.data.batching import Collate, expected_batch_size
-from ser_lightning.data.card import iter_shard_meta
-from ser_lightning.data.datamodule import EpochDataLoader, SERDataModule
-from ser_lightning.data.pipeline import (
+from ser_lightning.data.shards.card import read_durations
+from ser_lightning.data.stream.datamodule import EpochDataLoader
+from ser_lightning.data.stream.pipeline import (
     EvalStream,
     SampleDecodeError,
     SkipCounter,
@@ -23,11 +20,9 @@ from ser_lightning.data.pipeline import (
     TrainStream,
     crop,
     decode_sample,
-    read_durations,
     resample,
     shard_cycle,
 )
-from ser_lightning.labels import plurality
 
 CLASSES = ["Anger", "Happiness", "Neutral", "Sadness"]  # as in shard_fixtures.write_test_shards
 
@@ -45,14 +40,12 @@ def _raw(audio_bytes, meta=None, key="a_1"):
 
 def _config(sample_rate=RATE, crop_seconds=None, max_batch_seconds=4.0, max_batch_size=4):
     return StreamConfig(
-        label_source="primary",
         num_classes=len(CLASSES),
         sample_rate=sample_rate,
         crop_seconds=crop_seconds,
         max_batch_seconds=max_batch_seconds,
         max_batch_size=max_batch_size,
         bucket_buffer=8,
-        collate=Collate("primary"),
     )
 
 
@@ -177,14 +170,12 @@ def test_eval_stream_splits_by_sample_over_ranks(shard_dir, world_size):
 
 def test_eval_stream_gives_every_rank_data_before_filling_workers(shard_dir, monkeypatch):
     """13 val samples on 13 ranks x 4 workers: samples go to ranks first, so no rank is left empty."""
-    import ser_lightning.data.pipeline as pipeline
-
     per_rank = []
     for rank in range(13):
         ids = []
-        for worker in range(4):
-            info = type("Info", (), {"id": worker, "num_workers": 4})()
-            monkeypatch.setattr(pipeline, "get_worker_info", lambda info=info: info)
+        for worker in range(4):  # webdataset's worker info reads WORKER / NUM_WORKERS before torch's
+            monkeypatch.setenv("WORKER", str(worker))
+            monkeypatch.setenv("NUM_WORKERS", "4")
             stream = EvalStream(_paths(shard_dir, "val"), _config(), rank=rank, world_size=13)
             ids += [i for b in stream for i in b["ids"]]
         per_rank.append(ids)
@@ -223,16 +214,37 @@ def test_train_stream_worker_counts_sum_to_the_rank_count(shard_dir):
     assert sum(stream.worker_batches(w, 10) for w in range(10)) == 7
 
 
-def test_train_stream_runs_augment_on_decoded_samples_before_resampling(shard_dir):
-    seen = []
+class _Silence:
+    """An augment stage (AugmentStage) that records what it sees and silences every clip."""
 
-    def augment(samples):
-        for sample in samples:
-            seen.append((sample["sample_rate"], len(sample["audio"]), sample["audio"].dtype, set(sample)))
+    label_source = "primary"
+    total = 0
+
+    def __init__(self) -> None:
+        self.seen: list = []
+        self.epoch, self.distributed = None, None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def set_distributed(self, rank: int, world_size: int) -> None:
+        self.distributed = (rank, world_size)
+
+    def __call__(self, src):
+        for sample in src:
+            self.seen.append((sample["sample_rate"], len(sample["audio"]), sample["audio"].dtype, set(sample)))
             yield {**sample, "audio": sample["audio"] * 0}
 
-    stream = TrainStream(_paths(shard_dir, "train"), 2, _config(sample_rate=8000), augment=augment)
+
+def test_train_stream_runs_augment_on_decoded_samples_before_resampling(shard_dir):
+    augment = _Silence()
+    config = _config(sample_rate=8000)
+    stream = TrainStream(_paths(shard_dir, "train"), 2, config, rank=1, world_size=3, augment=augment)
+    assert augment.distributed == (1, 3)
+    stream.set_epoch(4)
+    assert augment.epoch == 4
     batches = list(stream)
+    seen = augment.seen
     assert seen
     assert all(rate == RATE and dtype == np.float32 for rate, _, dtype, _ in seen)
     assert all(keys >= {"id", "audio", "sample_rate", "meta", "target"} for *_, keys in seen)
@@ -248,90 +260,3 @@ def test_train_stream_over_dataloader_workers_keeps_the_count(shard_dir):
     assert len(first) == len(second) == 5
     assert first != second
     assert stream.epoch == 1
-
-
-# ------------------------------------------------------------------ SERDataModule (one process)
-
-
-@pytest.fixture(scope="module")
-def tiny_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"[PAD]": 0, "[UNK]": 1, "utterance": 2, "says": 3, "hello": 4}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]")
-
-
-def test_datamodule_card_properties(shard_dir):
-    dm = SERDataModule(str(shard_dir))
-    assert dm.classes == CLASSES
-    assert dm.num_classes == 4
-    card = json.loads((shard_dir / "card.json").read_text())
-    assert dm.bin_edges == card["stats"]["train"]["tertile_edges"]
-    assert len(dm.bin_edges) == 2
-    assert dm.card["num_samples"]["train"] == 24
-    # CB-CE counts: train clips per plurality class (ties toward the first class), from the samples' votes
-    votes = np.array([m["votes"]["primary"] for m in iter_shard_meta(shard_dir, "train")])
-    expected = np.bincount(plurality(votes)[0], minlength=4).tolist()
-    assert dm.class_counts == expected
-    assert sum(dm.class_counts) == 24
-
-
-def test_datamodule_rejects_bad_configuration(shard_dir):
-    with pytest.raises(ValueError, match="max_batch_seconds"):
-        SERDataModule(str(shard_dir), max_batch_seconds=0)
-    with pytest.raises(ValueError, match="label_source"):
-        SERDataModule(str(shard_dir), label_source="merged").setup("fit")
-    with pytest.raises(ValueError, match="split 'dev'"):
-        SERDataModule(str(shard_dir), val_split="dev").setup("validate")
-    with pytest.raises(FileNotFoundError, match="card.json"):
-        _ = SERDataModule(str(shard_dir / "nowhere")).classes
-
-
-def test_datamodule_estimates_train_batches_from_durations(shard_dir):
-    dm = SERDataModule(str(shard_dir), max_batch_seconds=2.0, max_batch_size=32)
-    size = expected_batch_size(read_durations(_paths(shard_dir, "train")[0]), 2.0, 32)
-    assert 1 < size < 10  # clips of 0.2-1.5 s in 2 s batches
-    assert dm.train_batches(world_size=1) == math.ceil(24 / size)
-    assert dm.train_batches(world_size=2) == math.ceil(24 / (2 * size))
-    assert SERDataModule(str(shard_dir), train_batches_per_epoch=9).train_batches(world_size=4) == 9
-
-
-def test_datamodule_batches_with_tokenizer_from_connect(shard_dir, tiny_tokenizer):
-    dm = SERDataModule(str(shard_dir), num_workers=0, max_batch_size=4, max_text_length=3)
-    dm.connect(sample_rate=8000, tokenizer=tiny_tokenizer)
-    dm.setup("test")
-    batches = list(dm.test_dataloader())
-    assert sorted(i for b in batches for i in b["ids"]) == [f"test.{n:04d}" for n in range(10)]
-    batch = batches[0]
-    expected = {"audio", "audio_mask", "targets", "votes", "entropy", "vad", "ids", "transcripts"}
-    assert set(batch) == expected | {"text_input_ids", "text_attention_mask"}
-    assert batch["text_input_ids"].shape == (len(batch["ids"]), 3)  # truncated to max_text_length
-    assert batch["text_input_ids"][0].tolist() == tiny_tokenizer(batch["transcripts"][0])["input_ids"][:3]
-    assert batch["text_input_ids"][0, 0] == 2  # "utterance"
-    assert batch["audio"].shape[1] <= 1.5 * 8000 + 1
-
-
-def test_datamodule_loads_tokenizer_from_a_local_path(shard_dir, tiny_tokenizer, tmp_path):
-    tiny_tokenizer.save_pretrained(tmp_path / "tok")
-    dm = SERDataModule(str(shard_dir), num_workers=0, text_tokenizer=str(tmp_path / "tok"))
-    dm.setup("validate")
-    batch = next(iter(dm.val_dataloader()))
-    assert batch["text_input_ids"].dtype == torch.long
-    assert batch["text_attention_mask"].sum() > 0
-
-
-def test_datamodule_train_loader_follows_the_seed(shard_dir):
-    def ids(seed):
-        dm = SERDataModule(str(shard_dir), num_workers=0, seed=seed, train_batches_per_epoch=4, shuffle_buffer=8)
-        dm.setup("fit")
-        loader = dm.train_dataloader()
-        return [b["ids"] for b in loader], [b["ids"] for b in loader]
-
-    (a0, a1), (b0, b1), (c0, _) = ids(0), ids(0), ids(1)
-    assert a0 == b0
-    assert a1 == b1
-    assert a0 != a1
-    assert a0 != c0

@@ -17,8 +17,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ser_lightning.labels import entropy
-
 log = logging.getLogger(__name__)
 
 
@@ -53,6 +51,7 @@ def plan_batches(lengths: Sequence[int], max_batch_frames: int, max_batch_size: 
     return batches
 
 
+# webdataset batches by count (wds.batched); these batches are bounded by padded seconds and length-bucketed
 def dynamic_batches(
     samples: Iterable[dict[str, Any]],
     sample_rate: int,
@@ -166,7 +165,8 @@ class Collate:
 
     Keys: ``audio`` (B, T) float32 zero-padded, ``audio_mask`` (B, T) long with 1 on valid samples,
     ``targets`` (B, C) float32 distributions of the label source, ``votes`` (B, C) float32 vote counts
-    of that source (NaN where a sample has none), ``entropy`` (B,) float32 entropy of the target in nats,
+    of that source (NaN where a sample has none), ``entropy`` (B,) float64: each sample's stored exact
+    entropy of the label source in nats (``meta["entropy"][label_source]``, what the ambiguity bins use),
     ``vad`` (B, 3) float32 (NaN when absent), ``ids`` and ``transcripts`` (lists of str), and with a
     tokenizer ``text_input_ids`` / ``text_attention_mask`` (B, L) long.
 
@@ -198,7 +198,7 @@ class Collate:
             "audio_mask": mask,
             "targets": torch.from_numpy(targets),
             "votes": torch.from_numpy(np.stack([self._votes(s, num_classes) for s in samples])),
-            "entropy": torch.from_numpy(entropy(targets).astype(np.float32)),
+            "entropy": torch.tensor([self._entropy(s) for s in samples], dtype=torch.float64),
             "vad": torch.from_numpy(np.stack([_vad(s["meta"]) for s in samples])),
             "ids": [str(s["id"]) for s in samples],
             "transcripts": [str(s["meta"].get("transcript") or "") for s in samples],
@@ -214,6 +214,13 @@ class Collate:
             batch["text_input_ids"] = tokens["input_ids"].long()
             batch["text_attention_mask"] = tokens["attention_mask"].long()
         return batch
+
+    def _entropy(self, sample: dict[str, Any]) -> float:
+        try:
+            return float(sample["meta"]["entropy"][self.label_source])
+        except (KeyError, TypeError) as err:
+            where = f"sample {sample.get('id')!r}"
+            raise ValueError(f"{where} stores no entropy for label source {self.label_source!r}") from err
 
     def _votes(self, sample: dict[str, Any], num_classes: int) -> np.ndarray:
         votes = sample.get("votes")  # an augmentation may set the votes of a mixed clip

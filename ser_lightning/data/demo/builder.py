@@ -3,7 +3,7 @@
 A fresh machine has no licensed corpus and no network; ``shards/demo/`` lets every recipe run end to end.
 It is a demo, not a benchmark: the speech is formant synthesis (espeak-ng), the "acting" is a handful of
 prosody settings, and the votes are drawn from aggregate statistics of CREMA-D's real voice-only raters
-(:mod:`ser_lightning.data.demo_votes`), independently of what the audio sounds like.
+(:mod:`ser_lightning.data.demo.votes`), independently of what the audio sounds like.
 
 Design (mirrors CREMA-D): the 12 CREMA-D sentences, each espeak voice a speaker, six intended emotions
 (``ANG DIS FEA HAP NEU SAD``) at levels ``LO MD HI XX`` (``NEU`` at ``XX`` only). Per voice every
@@ -18,8 +18,8 @@ Audio is 16 kHz mono, quantised to ``bits`` (12 by default: samples are multiple
 below 0.5), which FLAC stores in about 60% of the space of full 16-bit samples.
 
 Here: the plan (levels, splits, votes), the records and the build. The espeak-ng voice and the prosody
-of each clip are in :mod:`ser_lightning.data.demo_synth`, the README written beside the shards in
-:mod:`ser_lightning.data.demo_readme`.
+of each clip are in :mod:`ser_lightning.data.demo.synth`, the README written beside the shards in
+:mod:`ser_lightning.data.demo.readme`.
 
 Build (deterministic: the same espeak-ng version and seed give byte-identical shards)::
 
@@ -44,10 +44,10 @@ from tqdm.auto import tqdm
 from ser_lightning.corpora.crema_d import SENTENCES
 from ser_lightning.corpora.record import UtteranceRecord
 from ser_lightning.corpora.splits import group_split
-from ser_lightning.data import demo_votes
-from ser_lightning.data.demo_readme import render_readme
-from ser_lightning.data.demo_synth import SAMPLE_RATE, clip_prosody, espeak_info, keyed_rng, synthesise, voice_gender
-from ser_lightning.data.shards import write_shards
+from ser_lightning.data.demo import votes as demo_votes
+from ser_lightning.data.demo.readme import render_readme
+from ser_lightning.data.demo.synth import SAMPLE_RATE, clip_prosody, espeak_info, keyed_rng, synthesise, voice_gender
+from ser_lightning.data.shards.writer import write_shards
 from ser_lightning.labels import votes_to_distribution
 
 CORPUS = "demo"
@@ -114,7 +114,7 @@ def sample_votes(emotion: str, level: str, rng: np.random.Generator) -> np.ndarr
         int64 counts aligned with :data:`CLASSES`.
 
     Raises:
-        KeyError: the cell is not in :data:`ser_lightning.data.demo_votes.CELLS`.
+        KeyError: the cell is not in :data:`ser_lightning.data.demo.votes.CELLS`.
     """
     cell = demo_votes.CELLS.get((emotion, level))
     if cell is None:
@@ -336,7 +336,3 @@ def main(argv: list[str] | None = None) -> None:
     except (RuntimeError, ValueError) as err:
         sys.exit(f"error: {err}")
     print(json.dumps({"num_samples": card["num_samples"], "rejected": card["rejected"]}))
-
-
-if __name__ == "__main__":
-    main()

@@ -6,7 +6,7 @@ Nothing is dropped silently: every utterance left out (by the corpus reader or h
 ``rejected.jsonl`` with its reason, and the count is stored in the card.
 
 Audio decoding and encoding is in :mod:`ser_lightning.data.audio_io`; building and reading the card,
-and reading a written directory back, in :mod:`ser_lightning.data.card`.
+and reading a written directory back, in :mod:`ser_lightning.data.shards.card`.
 """
 
 from __future__ import annotations
@@ -26,28 +26,24 @@ from tqdm.auto import tqdm
 
 from ser_lightning.corpora.record import SPLIT_NAMES, ReadReport, UtteranceRecord
 from ser_lightning.data.audio_io import AudioJob, ordered_map, process_audio
-from ser_lightning.data.card import (
+from ser_lightning.data.shards.card import (
     CARD_NAME,
     PRIMARY,
     REJECTED_NAME,
     build_card,
     common_sources,
     iter_shard_meta,
-    rejection_summary,
-    shard_dir_statistics,
+    read_card,
 )
 from ser_lightning.labels import entropy, votes_to_distribution
 
 __all__ = [
     "SHARD_PATTERN",
     "check_out_dir",
+    "refresh_card",
     "sample_key",
     "sample_meta",
     "write_shards",
-    # readers of a written directory, defined in ser_lightning.data.card (cli/ and the datamodule import them here)
-    "iter_shard_meta",
-    "rejection_summary",
-    "shard_dir_statistics",
 ]
 
 logger = logging.getLogger(__name__)
@@ -299,6 +295,7 @@ def write_shards(
     splits = sorted({r.split for r in records if r.split in SPLIT_NAMES}, key=_split_order)
     primary: dict[str, list[list[float]]] = {s: [] for s in splits}
     kept_votes: list[dict[str, list[float]]] = []
+    train_meta: list[dict[str, Any]] = []  # votes and entropies of the kept train samples, for label_sources
     writer = _SplitShardWriter(out_dir, maxcount)
     jobs = [AudioJob(str(r.audio_path), sample_rate, min_duration) for r in todo]
     clipped = 0
@@ -313,13 +310,15 @@ def write_shards(
             writer.write(record.split, sample_key(record.id), res.flac, _dumps(meta).encode("utf-8"))
             primary[record.split].append(meta["votes"][PRIMARY])
             kept_votes.append(meta["votes"])
+            if record.split == "train":
+                train_meta.append({"votes": meta["votes"], "entropy": meta["entropy"]})
             clipped += res.clipped > 0
     finally:
         writer.close()
     if clipped:
         logger.info("%d utterances had samples outside [-1, 1] after resampling; clipped", clipped)
     sources = common_sources(kept_votes)
-    card = build_card(classes, splits, primary, sources, writer.shards, len(rejected), sample_rate)
+    card = build_card(classes, splits, primary, sources, writer.shards, len(rejected), sample_rate, train_meta)
     if report is not None:  # what the reader counted but did not reject, kept with the data
         card["reader"] = {
             "skipped": len(report.skipped),
@@ -328,6 +327,29 @@ def write_shards(
         }
     _write_text(out_dir / REJECTED_NAME, "".join(_dumps(r) + "\n" for r in rejected))
     _write_text(out_dir / CARD_NAME, json.dumps(card, indent=2, allow_nan=False) + "\n")
+    return card
+
+
+def refresh_card(shard_dir: str | Path) -> dict[str, Any]:
+    """Rewrite the ``card.json`` of a written directory from its shards, as :func:`write_shards` would write it.
+
+    For cards written before a key was added (e.g. ``label_sources``): the samples' JSON is read back
+    (no audio is decoded) and the card built by the same code as at writing time; the shard lists, the
+    rejection count and the reader's counts are kept.
+    """
+    shard_dir = Path(shard_dir)
+    old = read_card(shard_dir)
+    splits = list(old["shards"])
+    metas = {s: list(iter_shard_meta(shard_dir, s)) for s in splits}
+    primary = {s: [m["votes"][PRIMARY] for m in metas[s]] for s in splits}
+    sources = common_sources([m["votes"] for s in splits for m in metas[s]])
+    card = build_card(
+        tuple(old["classes"]), splits, primary, sources, old["shards"], old["rejected"], old["sample_rate"],
+        metas.get("train", []),
+    )
+    if "reader" in old:
+        card["reader"] = old["reader"]
+    _write_text(shard_dir / CARD_NAME, json.dumps(card, indent=2, allow_nan=False) + "\n")
     return card
 
 

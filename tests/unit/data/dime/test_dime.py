@@ -11,7 +11,8 @@ import pytest
 import torch
 from shard_fixtures import CLASSES, RATE, utterance, write_clips
 
-from ser_lightning.data.dime import (
+from ser_lightning.data.dime.index import build_dime_index
+from ser_lightning.data.dime.maths import (
     choose_neighbour,
     dime_amounts,
     dime_mix,
@@ -19,8 +20,7 @@ from ser_lightning.data.dime import (
     nearest_neighbours,
     standardise,
 )
-from ser_lightning.data.dime_index import build_dime_index
-from ser_lightning.data.dime_mixer import DimeMixer
+from ser_lightning.data.dime.mixer import DimeMixer
 
 # 20 Neutral, 12 Happiness, 4 Anger, 5 Sadness: threshold 0.3 x 20 = 6 -> Anger and Sadness are minorities.
 PER_CLASS = {"Anger": 4, "Happiness": 12, "Neutral": 20, "Sadness": 5}
@@ -326,10 +326,16 @@ def test_mixer_rejects_bad_configuration(toy: tuple[Path, dict], tmp_path: Path)
         DimeMixer(toy[0], k=4)
 
 
-def test_set_epoch_reaches_persistent_workers(toy: tuple[Path, dict]) -> None:
-    mixer = DimeMixer(toy[0])
-    loader = torch.utils.data.DataLoader(_Stream(mixer), batch_size=None, num_workers=1, persistent_workers=True)
-    mixer.set_epoch(0)
-    assert {s["id"] for s in loader if s["id"].startswith("dime-")} == {"dime-0-0", "dime-0-1", "dime-0-2"}
-    mixer.set_epoch(3)  # in the main process, after the worker started
-    assert {s["id"] for s in loader if s["id"].startswith("dime-")} == {"dime-3-0", "dime-3-1", "dime-3-2"}
+def test_mixer_is_an_augment_stage_a_config_can_name(toy: tuple[Path, dict]) -> None:
+    """The README's ``data.augment`` YAML: jsonargparse accepts DimeMixer for the AugmentStage protocol."""
+    from jsonargparse import ArgumentParser
+
+    from ser_lightning.data.stream.datamodule import SERDataModule
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(SERDataModule, "data")
+    augment = {"class_path": "ser_lightning.data.dime_mixer.DimeMixer", "init_args": {"index_dir": str(toy[0])}}
+    cfg = parser.parse_object({"data": {"shards": str(toy[0].parent), "augment": augment}})
+    dm = parser.instantiate_classes(cfg)["data"]
+    assert isinstance(dm.augment, DimeMixer)
+    assert dm.augment.total == 3

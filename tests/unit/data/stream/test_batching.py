@@ -8,15 +8,15 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.stats import entropy as scipy_entropy
 
-from ser_lightning.data.batching import (
+from ser_lightning.data.stream.batching import (
     Collate,
     dynamic_batches,
     expected_batch_size,
     padding_fraction,
     plan_batches,
 )
-from ser_lightning.labels import entropy
 
 RATE = 100  # samples per second: keeps the arrays small
 
@@ -131,7 +131,9 @@ def test_expected_batch_size_is_the_harmonic_mean_of_per_clip_batch_sizes():
 
 def _decoded(n, uid, votes, vad=None, transcript="hi"):
     dist = np.asarray(votes, dtype=np.float32) / sum(votes)
-    meta = {"id": uid, "votes": {"primary": votes}, "vad": vad, "transcript": transcript}
+    stored = float(scipy_entropy(np.asarray(votes, dtype=np.float64)))  # the shard JSON's float64 entropy (nats)
+    meta = {"id": uid, "votes": {"primary": votes}, "entropy": {"primary": stored}, "vad": vad}
+    meta["transcript"] = transcript
     return {"id": uid, "audio": np.full(n, 0.5, dtype=np.float32), "sample_rate": 16000, "meta": meta, "target": dist}
 
 
@@ -151,16 +153,27 @@ def test_collate_pads_masks_and_stacks_targets():
     torch.testing.assert_close(batch["targets"], torch.tensor(np.stack([s["target"] for s in samples])))
     torch.testing.assert_close(batch["targets"].sum(1), torch.ones(3))
     assert batch["votes"].tolist() == [[1, 0, 2, 1], [0, 0, 5, 0], [2, 2, 2, 2]]
-    expected_h = entropy(np.stack([s["target"] for s in samples]))
-    torch.testing.assert_close(batch["entropy"], torch.tensor(expected_h, dtype=torch.float32))
+    assert batch["entropy"].dtype == torch.float64
+    assert batch["entropy"].tolist() == [s["meta"]["entropy"]["primary"] for s in samples]  # exact, not recomputed
+    assert batch["entropy"][0] == pytest.approx(1.5 * math.log(2), abs=1e-15)  # [1/4, 0, 1/2, 1/4]
     assert batch["entropy"][1] == 0
-    assert batch["entropy"][2] == pytest.approx(math.log(4))
+    assert batch["entropy"][2] == pytest.approx(math.log(4), abs=1e-15)
     assert batch["vad"].shape == (3, 3)
     assert batch["vad"][0].tolist() == [3.0, 2.0, 4.0]
     assert torch.isnan(batch["vad"][1:]).all()
     assert batch["ids"] == ["a", "b", "c"]
     assert batch["transcripts"] == ["hi", "hi", ""]
     assert "text_input_ids" not in batch
+
+
+def test_collate_passes_the_stored_entropy_of_the_label_source_and_requires_it():
+    sample = _decoded(4, "a", [1, 1, 0, 0])
+    sample["meta"]["entropy"] = {"primary": 0.1234567890123456789, "merged": 0.5}  # not the target's entropy
+    assert Collate("primary")([sample])["entropy"].tolist() == [0.1234567890123456789]
+    assert Collate("merged")([sample])["entropy"].tolist() == [0.5]
+    del sample["meta"]["entropy"]
+    with pytest.raises(ValueError, match="no entropy for label source 'primary'"):
+        Collate("primary")([sample])
 
 
 def test_collate_prefers_sample_votes_and_marks_missing_votes_nan():

@@ -5,8 +5,8 @@ minority-class utterance ``i`` with one of its ``k`` nearest neighbours ``j`` of
 class: audio and target distribution are interpolated with ``λ ~ U(0, 1)`` (Eq. 1-2), the transcript
 is inherited from the dominant source.
 
-The functions here are numpy only. ``ser-index`` (:mod:`ser_lightning.data.dime_index`) uses them to
-build the neighbour index and minority-class pool; :class:`ser_lightning.data.dime_mixer.DimeMixer`, the
+The functions here are numpy only. ``ser-index`` (:mod:`ser_lightning.data.dime.index`) uses them to
+build the neighbour index and minority-class pool; :class:`ser_lightning.data.dime.mixer.DimeMixer`, the
 streaming stage of the training pipeline, to mix.
 """
 

@@ -16,8 +16,14 @@ import webdataset as wds
 
 from ser_lightning.corpora.record import ReadReport, UtteranceRecord
 from ser_lightning.data.audio_io import encode_flac, load_audio
-from ser_lightning.data.card import iter_shard_meta, read_card, rejection_summary, shard_dir_statistics, shard_paths
-from ser_lightning.data.shards import write_shards
+from ser_lightning.data.shards.card import (
+    iter_shard_meta,
+    read_card,
+    rejection_summary,
+    shard_dir_statistics,
+    shard_paths,
+)
+from ser_lightning.data.shards.writer import refresh_card, write_shards
 from ser_lightning.labels import entropy
 from ser_lightning.stats import STATS_KEYS, vote_statistics
 
@@ -190,9 +196,41 @@ def test_card_matches_vote_statistics_and_shards(tmp_path):
         list(iter_shard_meta(tmp_path / "out", split="test1"))
 
 
-def test_read_card_names_missing_card(tmp_path):
+def test_card_label_sources_hold_train_tertile_edges_and_plurality_counts(tmp_path):
+    votes = {"a": [3, 0, 0, 0], "b": [1, 1, 0, 0], "c": [0, 2, 2, 0], "d": [0, 0, 0, 5]}
+    splits = {"a": "train", "b": "train", "c": "train", "d": "val"}
+    records = [
+        make_record(uid, make_wav(tmp_path / f"{uid}.wav"), splits[uid], v, more_votes={"merged": [1, 0, 0, 1]})
+        for uid, v in votes.items()
+    ]
+    card = write_shards(records, tmp_path / "out", progress=False)
+    assert card["sources"] == ["primary", "merged"]
+    # train entropies 0, ln 2, ln 2 -> inner tertiles (linear interpolation) at 2/3 ln 2 and ln 2;
+    # plurality with ties toward the first class: a -> 0, b -> 0 (tie), c -> 1 (tie); d is not train
+    primary = card["label_sources"]["primary"]
+    assert primary["class_counts"] == [2, 1, 0, 0]
+    assert primary["tertile_edges"] == pytest.approx([2 / 3 * np.log(2), np.log(2)], abs=1e-12)
+    assert primary["tertile_edges"] == pytest.approx(card["stats"]["train"]["tertile_edges"], abs=1e-15)
+    assert card["label_sources"]["merged"]["class_counts"] == [3, 0, 0, 0]  # [1, 0, 0, 1] ties toward Anger
+    assert card["label_sources"]["merged"]["tertile_edges"] == pytest.approx([np.log(2), np.log(2)], abs=1e-15)
+
+
+def test_refresh_card_rebuilds_a_card_from_its_shards(tmp_path):
+    card = write_shards(small_corpus(tmp_path, 9), tmp_path / "out", maxcount=2, progress=False)
+    written = (tmp_path / "out" / "card.json").read_bytes()
+    old = {k: v for k, v in card.items() if k != "label_sources"}  # a card written before label_sources
+    (tmp_path / "out" / "card.json").write_text(json.dumps(old), encoding="utf-8")
+    assert refresh_card(tmp_path / "out") == card
+    assert (tmp_path / "out" / "card.json").read_bytes() == written
+
+
+def test_read_card_names_missing_card_and_checks_the_label_source(tmp_path):
     with pytest.raises(FileNotFoundError, match="no shard card"):
         read_card(tmp_path)
+    write_shards(small_corpus(tmp_path, 3), tmp_path / "out", progress=False)
+    assert read_card(tmp_path / "out", "primary")["sources"] == ["primary"]
+    with pytest.raises(ValueError, match="label_source 'merged' is not in these shards"):
+        read_card(tmp_path / "out", "merged")
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,7 +11,10 @@ batches -> collate, so each sample is seen exactly once over all ranks and worke
 number of shards.
 
 Undecodable samples and unreadable shards are logged and counted by :class:`SkipCounter` (a
-webdataset exception handler) and skipped.
+webdataset exception handler) and skipped. Webdataset does the plumbing (shard lists, tar members,
+sample slicing, shuffle buffer, maps with that handler, the epoch cut); kept here is what it lacks, each
+with its reason in a comment: :func:`shard_cycle`, :class:`SkipCounter` and (beside) ``dynamic_batches``
+and ``EpochDataLoader``.
 """
 
 from __future__ import annotations
@@ -22,30 +25,56 @@ import json
 import logging
 import math
 import random
-import tarfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import soundfile as sf
 import webdataset as wds
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset
 
 from ser_lightning.data import audio_io
-from ser_lightning.data.batching import Collate, dynamic_batches
+from ser_lightning.data.stream.batching import Collate, dynamic_batches
 
 log = logging.getLogger(__name__)
 
 Sample = dict[str, Any]
-Augment = Callable[[Iterator[Sample]], Iterator[Sample]]
+
+
+class AugmentStage(Protocol):
+    """What the training stream and the DataModule ask of an ``augment`` stage (DiME-Aug's ``DimeMixer``).
+
+    Attributes:
+        label_source: the label source of the targets it makes; must be the one the DataModule trains on.
+    """
+
+    label_source: str
+
+    @property
+    def total(self) -> int:
+        """Samples it adds per epoch over all ranks and workers (the epoch's batch count includes them)."""
+        ...
+
+    def set_epoch(self, epoch: int) -> None:
+        """Take the epoch before each pass (the stage is pickled into fresh workers afterwards)."""
+        ...
+
+    def set_distributed(self, rank: int, world_size: int) -> None:
+        """Take this process's rank and world size (a spawned worker may not see torch.distributed)."""
+        ...
+
+    def __call__(self, src: Iterator[Sample]) -> Iterator[Sample]:
+        """Pass decoded samples through, adding its own."""
+        ...
 
 
 class SampleDecodeError(ValueError):
     """A shard sample that cannot be turned into a decoded sample dict."""
 
 
+# webdataset's handlers (warn_and_continue ...) neither count skips nor stop a stream where nothing decodes
 class SkipCounter:
     """A webdataset exception handler that logs, counts and skips bad samples or shards.
 
@@ -140,19 +169,11 @@ def crop(audio: np.ndarray, max_samples: int | None, rng: random.Random | None =
 # --------------------------------------------------------------------------------------------
 
 
-def decode_stage(
-    src: Iterable[Sample], label_source: str, num_classes: int | None, handler: SkipCounter
-) -> Iterator[Sample]:
-    """Decode raw samples with :func:`decode_sample`; bad ones go to ``handler`` and are skipped."""
-    for raw in src:
-        try:
-            sample = decode_sample(raw, label_source, num_classes)
-        except Exception as exn:
-            if handler(exn):
-                continue
-            raise
-        handler.ok()
-        yield sample
+def _decode_ok(raw: Sample, label_source: str, num_classes: int | None, handler: SkipCounter) -> Sample:
+    """:func:`decode_sample`, telling ``handler`` that a sample decoded (it counts failures in a row)."""
+    sample = decode_sample(raw, label_source, num_classes)
+    handler.ok()
+    return sample
 
 
 def transform_stage(
@@ -165,6 +186,7 @@ def transform_stage(
         yield {**sample, "audio": crop(audio, max_samples, rng), "sample_rate": sample_rate}
 
 
+# webdataset's ResampledShards draws shards with replacement; this visits each once per round, slots offset
 def shard_cycle(urls: Sequence[str], seed: int, epoch: int, slot: int, slots: int) -> Iterator[dict[str, str]]:
     """Endless shard stream of one (rank, worker) slot: rounds of a seeded shard order, entered at the slot's offset.
 
@@ -180,42 +202,22 @@ def shard_cycle(urls: Sequence[str], seed: int, epoch: int, slot: int, slots: in
             yield {"url": urls[order[(start + j) % n]]}
 
 
-def shard_list(urls: Sequence[str]) -> Iterator[dict[str, str]]:
-    """Each shard once, in the given order."""
-    return iter([{"url": url} for url in urls])
-
-
-def take_every(src: Iterable[Sample], offset: int, step: int) -> Iterator[Sample]:
-    """Keep items ``offset``, ``offset + step``, ... of a stream (sample-level splitting)."""
-    return itertools.islice(src, offset, None, step)
-
-
 def stream_rng(*keys: int) -> random.Random:
     """A ``random.Random`` seeded from integer keys (seed, epoch, rank, worker, purpose ...)."""
     state = np.random.SeedSequence([k % 2**32 for k in keys]).generate_state(2)
     return random.Random(int(state[0]) << 32 | int(state[1]))
 
 
+def rank_world() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process: ``RANK``/``WORLD_SIZE``, else torch.distributed, else ``(0, 1)``."""
+    rank, world_size, _, _ = wds.utils.pytorch_worker_info()
+    return rank, world_size
+
+
 def worker_slot(rank: int, world_size: int) -> tuple[int, int, int, int]:
     """``(worker, num_workers, slot, slots)`` of the calling DataLoader worker (or the main process) on ``rank``."""
-    info = get_worker_info()
-    worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+    _, _, worker, num_workers = wds.utils.pytorch_worker_info()
     return worker, num_workers, rank * num_workers + worker, world_size * num_workers
-
-
-def read_durations(shard: str, limit: int = 512) -> list[float]:
-    """``duration`` (seconds) from the JSON of the first ``limit`` samples of a shard, without decoding audio."""
-    durations: list[float] = []
-    with tarfile.open(shard) as tar:
-        for member in tar:
-            if len(durations) >= limit:
-                break
-            if member.isfile() and member.name.endswith(".json"):
-                handle = tar.extractfile(member)
-                meta = json.loads(handle.read()) if handle is not None else {}
-                if isinstance(meta.get("duration"), int | float) and meta["duration"] > 0:
-                    durations.append(float(meta["duration"]))
-    return durations
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,28 +237,35 @@ class StreamConfig:
         max_batch_seconds: bound on batch size x longest clip, in seconds.
         max_batch_size: bound on clips per batch.
         bucket_buffer: samples sorted together by length before batching.
-        collate: turns a list of samples into the batch dict.
+        collate: turns a list of samples into the batch dict (default: ``Collate(label_source)``).
+
+    The defaults are the DataModule's.
     """
 
-    label_source: str
-    num_classes: int | None
-    sample_rate: int
-    crop_seconds: float | None
-    max_batch_seconds: float
-    max_batch_size: int
-    bucket_buffer: int
-    collate: Collate
+    label_source: str = "primary"
+    num_classes: int | None = None
+    sample_rate: int = 16000
+    crop_seconds: float | None = None
+    max_batch_seconds: float = 64.0
+    max_batch_size: int = 32
+    bucket_buffer: int = 256
+    collate: Collate | None = None
+
+    def __post_init__(self) -> None:
+        if self.collate is None:
+            self.collate = Collate(self.label_source)
 
     def decode_stage(self, handler: SkipCounter) -> Callable[[Iterable[Sample]], Iterator[Sample]]:
-        """:func:`decode_stage` with this config's label source and class count."""
-        return partial(decode_stage, label_source=self.label_source, num_classes=self.num_classes, handler=handler)
+        """:func:`decode_sample` with this config's label source and class count; bad samples go to ``handler``."""
+        decode = partial(_decode_ok, label_source=self.label_source, num_classes=self.num_classes, handler=handler)
+        return wds.map(decode, handler=handler)
 
     def transform_stage(self, rng: random.Random | None) -> Callable[[Iterable[Sample]], Iterator[Sample]]:
         """:func:`transform_stage` to this config's rate and crop (random crops with ``rng``, else centered)."""
         return partial(transform_stage, sample_rate=self.sample_rate, crop_seconds=self.crop_seconds, rng=rng)
 
     def batch_stage(self, rng: random.Random | None) -> Callable[[Iterable[Sample]], Iterator[list[Sample]]]:
-        """:func:`~ser_lightning.data.batching.dynamic_batches` with this config's bounds (shuffled with ``rng``)."""
+        """:func:`~ser_lightning.data.stream.batching.dynamic_batches` with these bounds (shuffled with ``rng``)."""
         return partial(
             dynamic_batches,
             sample_rate=self.sample_rate,
@@ -296,7 +305,7 @@ class TrainStream(IterableDataset):
         world_size: int = 1,
         shuffle_buffer: int = 1000,
         seed: int = 0,
-        augment: Augment | None = None,
+        augment: AugmentStage | None = None,
     ) -> None:
         super().__init__()
         if not urls:
@@ -308,14 +317,14 @@ class TrainStream(IterableDataset):
         self.config = config
         self.rank, self.world_size = rank, world_size
         self.shuffle_buffer, self.seed, self.augment = shuffle_buffer, seed, augment
-        if hasattr(augment, "set_distributed"):
+        if augment is not None:
             augment.set_distributed(rank, world_size)  # workers may not see torch.distributed
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose seeded order the next pass follows (also the augment stage's, e.g. DiME λ)."""
         self.epoch = epoch
-        if hasattr(self.augment, "set_epoch"):
+        if self.augment is not None:
             self.augment.set_epoch(epoch)
 
     def __len__(self) -> int:
@@ -342,7 +351,7 @@ class TrainStream(IterableDataset):
         stages: list[Any] = [
             partial(shard_cycle, self.urls, self.seed, self.epoch, slot, slots),
             wds.tarfile_to_samples(handler=skips),
-            partial(take_every, offset=group.index(slot), step=len(group)),
+            wds.slice(group.index(slot), None, len(group)),
         ]
         if self.shuffle_buffer > 0:
             stages.append(wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer), rng=rng(0)))
@@ -381,9 +390,9 @@ class EvalStream(IterableDataset):
         skips = SkipCounter(max_consecutive=math.inf)  # a finite stream: skip whatever is bad, count it
         cfg = self.config
         pipeline = wds.DataPipeline(
-            partial(shard_list, self.urls),
+            wds.SimpleShardList(self.urls),
             wds.tarfile_to_samples(handler=skips),
-            partial(take_every, offset=slot, step=slots),
+            wds.slice(slot, None, slots),  # by sample, not by shard: a 1-shard split still feeds every rank
             cfg.decode_stage(skips),
             cfg.transform_stage(None),
             cfg.batch_stage(None),

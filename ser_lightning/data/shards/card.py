@@ -10,12 +10,13 @@ import json
 import logging
 import tarfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ser_lightning.labels import plurality, quantile_edges
 from ser_lightning.stats import vote_statistics
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ def build_card(
     shards: dict[str, list[str]],
     num_rejected: int,
     sample_rate: int,
+    train_meta: Iterable[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """The card dict (keys as in ``docs/shard-format.md``).
 
@@ -60,6 +62,8 @@ def build_card(
         shards: split -> shard file names.
         num_rejected: lines in ``rejected.jsonl``.
         sample_rate: rate of the stored audio in Hz.
+        train_meta: the sample JSON (``votes`` and ``entropy`` suffice) of the kept train samples, for
+            ``label_sources`` (see :func:`label_source_stats`).
     """
     all_votes = [v for s in splits for v in primary[s]]
     stats = {"all": vote_statistics(np.asarray(all_votes).reshape(-1, len(classes)), classes)}
@@ -73,7 +77,41 @@ def build_card(
         "num_samples": {s: len(primary[s]) for s in splits},
         "shards": {s: shards.get(s, []) for s in splits},
         "stats": stats,
+        "label_sources": label_source_stats(train_meta, sources, len(classes)),
     }
+
+
+def label_source_stats(
+    train_meta: Iterable[dict[str, Any]], sources: Sequence[str], num_classes: int
+) -> dict[str, dict[str, list[float] | list[int] | None]]:
+    """Per label source over a training set: ``tertile_edges`` of the stored entropies, plurality ``class_counts``.
+
+    The edges are the inner tertiles of each sample's stored ``entropy[source]`` (nats), so the bins the
+    metrics use are the ones the stored entropies fall in; the counts tie toward the first class (CB-CE).
+    Both are ``None`` for an empty training set.
+
+    Args:
+        train_meta: the sample JSON dicts of the training set (one pass; ``votes`` and ``entropy`` are read).
+        sources: the label sources to describe.
+        num_classes: C.
+    """
+    votes: dict[str, list[list[float]]] = {s: [] for s in sources}
+    entropies: dict[str, list[float]] = {s: [] for s in sources}
+    for meta in train_meta:
+        for s in sources:
+            votes[s].append(meta["votes"][s])
+            entropies[s].append(meta["entropy"][s])
+    out: dict[str, dict[str, Any]] = {}
+    for s in sources:
+        if not votes[s]:
+            out[s] = {"tertile_edges": None, "class_counts": None}
+            continue
+        labels, _ = plurality(np.asarray(votes[s], dtype=np.float64).reshape(-1, num_classes))
+        out[s] = {
+            "tertile_edges": [float(e) for e in quantile_edges(entropies[s], 3)],
+            "class_counts": np.bincount(labels, minlength=num_classes).tolist(),
+        }
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,26 +119,55 @@ def build_card(
 # --------------------------------------------------------------------------------------------
 
 
-def read_card(shard_dir: str | Path) -> dict[str, Any]:
-    """The ``card.json`` of a shard directory.
+def read_card(shard_dir: str | Path, label_source: str | None = None) -> dict[str, Any]:
+    """The ``card.json`` of a shard directory, checked to list ``label_source`` when one is given.
 
     Raises:
         FileNotFoundError: the directory has no card (not written by ``ser-prepare``).
+        ValueError: ``label_source`` is not among the card's ``sources``.
     """
     path = Path(shard_dir) / CARD_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no shard card; is {shard_dir} a directory written by ser-prepare?")
     with path.open(encoding="utf-8") as f:
-        return json.load(f)
+        card = json.load(f)
+    sources = card.get("sources", [])
+    if label_source is not None and sources and label_source not in sources:
+        raise ValueError(f"{path}: label_source {label_source!r} is not in these shards (they have {sources})")
+    return card
 
 
-def shard_paths(shard_dir: str | Path, split: str | None = None) -> list[Path]:
-    """The shard files the card lists, for one split or all (in split order)."""
-    card = read_card(shard_dir)
+def shard_paths(shard_dir: str | Path, split: str | None = None, card: dict[str, Any] | None = None) -> list[Path]:
+    """The shard files the card lists, for one split or all (in split order); ``card``: already read."""
+    card = read_card(shard_dir) if card is None else card
     splits = [split] if split is not None else list(card["shards"])
     if split is not None and split not in card["shards"]:
         raise KeyError(f"{shard_dir}: no split {split!r}; the card has {list(card['shards'])}")
     return [Path(shard_dir) / name for s in splits for name in card["shards"][s]]
+
+
+def _tar_meta(path: Path) -> Iterator[dict[str, Any]]:
+    """The JSON members of one shard, in order, without decoding any audio."""
+    with tarfile.open(path, "r:") as tar:
+        for member in tar:
+            if member.isfile() and member.name.endswith(".json"):
+                f = tar.extractfile(member)
+                assert f is not None
+                try:
+                    yield json.loads(f.read().decode("utf-8"))
+                except ValueError as err:
+                    raise ValueError(f"{path}: member {member.name}: bad JSON ({err})") from err
+
+
+def read_durations(shard: str | Path, limit: int = 512) -> list[float]:
+    """``duration`` (seconds) from the JSON of the first ``limit`` samples of a shard, without decoding audio."""
+    durations: list[float] = []
+    for meta in _tar_meta(Path(shard)):
+        if len(durations) >= limit:
+            break
+        if isinstance(meta.get("duration"), int | float) and meta["duration"] > 0:
+            durations.append(float(meta["duration"]))
+    return durations
 
 
 def iter_shard_meta(shard_dir: str | Path, split: str | None = None) -> Iterator[dict[str, Any]]:
@@ -111,15 +178,7 @@ def iter_shard_meta(shard_dir: str | Path, split: str | None = None) -> Iterator
         split: only this split's shards; all when ``None``.
     """
     for path in shard_paths(shard_dir, split):
-        with tarfile.open(path, "r:") as tar:
-            for member in tar:
-                if member.isfile() and member.name.endswith(".json"):
-                    f = tar.extractfile(member)
-                    assert f is not None
-                    try:
-                        yield json.loads(f.read().decode("utf-8"))
-                    except ValueError as err:
-                        raise ValueError(f"{path}: member {member.name}: bad JSON ({err})") from err
+        yield from _tar_meta(path)
 
 
 def shard_dir_statistics(shard_dir: str | Path) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,1 @@
+"""Streaming shards into batches: the WebDataset pipeline, length-bucketed batching and ``SERDataModule``."""

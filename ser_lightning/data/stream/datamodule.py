@@ -1,0 +1,311 @@
+"""``SERDataModule``: WebDataset shards (docs/shard-format.md) -> batches of audio, rater distributions and text.
+
+The data side never imports a model: the model's sample rate and text tokenizer come in through the
+arguments or :meth:`SERDataModule.connect` (litgpt ``litgpt/data/base.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from ser_lightning.data.shards.card import iter_shard_meta, label_source_stats, read_card, read_durations
+from ser_lightning.data.stream.batching import Collate, expected_batch_size
+from ser_lightning.data.stream.pipeline import AugmentStage, EvalStream, StreamConfig, TrainStream, rank_world
+
+log = logging.getLogger(__name__)
+
+DURATION_PEEK = 512  # clips whose JSON durations estimate the mean batch size
+
+
+# Lightning hands the epoch only to samplers, which an IterableDataset has none of; this loader does it
+class EpochDataLoader(DataLoader):
+    """A DataLoader that hands its dataset the epoch before each pass.
+
+    Lightning calls ``set_epoch`` only on samplers, which an ``IterableDataset`` cannot have; this loader
+    calls ``dataset.set_epoch(epoch_fn())`` (the trainer's current epoch) in ``__iter__`` instead, or the
+    number of earlier passes without a trainer. Workers are started afresh for each pass
+    (``persistent_workers=False``) so they receive the new epoch.
+
+    Args:
+        dataset: an iterable dataset with ``set_epoch(int)``.
+        epoch_fn: returns the current epoch, or ``None`` to fall back to counting passes.
+        **kwargs: passed to :class:`torch.utils.data.DataLoader`.
+    """
+
+    def __init__(self, dataset: Any, epoch_fn: Callable[[], int | None] | None = None, **kwargs: Any) -> None:
+        if kwargs.get("persistent_workers"):
+            raise ValueError("EpochDataLoader needs persistent_workers=False to hand each pass its epoch")
+        super().__init__(dataset, **kwargs)
+        self.epoch_fn = epoch_fn
+        self.passes = 0
+
+    def __iter__(self) -> Any:
+        epoch = self.epoch_fn() if self.epoch_fn is not None else None
+        self.dataset.set_epoch(self.passes if epoch is None else epoch)
+        self.passes += 1
+        return super().__iter__()
+
+
+class SERDataModule(L.LightningDataModule):
+    """Streams WebDataset shards of one corpus as length-bucketed batches for speech emotion recognition.
+
+    Train batches per epoch, per rank: ``train_batches_per_epoch`` when given, else
+    ``ceil((num_samples["train"] + synthetic) / (world_size x b))`` (``synthetic``: the DiME-Aug samples
+    an ``augment`` stage adds per epoch, its ``total``) where ``b`` is the expected batch size: the
+    harmonic mean over clips of ``min(max_batch_size, floor(max_batch_seconds / d))`` with ``d`` the
+    (cropped) durations read from the JSON of the first train shard (up to 512 clips). So one epoch
+    over all ranks is about one pass over the train split; every rank yields exactly that many
+    batches, however uneven the shards (the stream is endless and cut by count).
+
+    Batch dict: ``audio`` (B, T) float32 zero-padded, ``audio_mask`` (B, T) long (1 = valid),
+    ``targets`` (B, C) float32, ``votes`` (B, C) float32, ``entropy`` (B,) float64 (nats: the sample's
+    stored entropy of the label source), ``vad`` (B, 3) float32 (NaN when absent), ``ids`` and
+    ``transcripts`` (list[str]), and with a tokenizer ``text_input_ids`` and ``text_attention_mask`` (B, L) long.
+
+    Args:
+        shards: directory with ``card.json`` and the ``{split}-NNNNNN.tar`` shards.
+        label_source: vote source used as target: ``primary``, or ``merged`` (MSP-Podcast).
+        sample_rate: the model's sample rate in Hz; audio is resampled to it. ``connect`` may override it.
+        max_batch_seconds: bound on the padded audio of a batch (batch size x longest clip), in seconds.
+        max_batch_size: bound on clips per batch.
+        crop_seconds: clips longer than this are cropped (at random in training, centered in evaluation);
+            ``None`` keeps whole clips.
+        train_batches_per_epoch: batches per rank per training epoch; ``None`` estimates one pass over the
+            train split (see above).
+        num_workers: DataLoader worker processes per rank.
+        shuffle_buffer: raw training samples held in the shuffle buffer (0: no sample shuffling).
+        bucket_buffer: decoded samples sorted by length together before being cut into batches.
+        seed: seed of shard order, shuffling, crops and batch order; each epoch gets a fresh,
+            reproducible order from ``(seed, epoch, rank, worker)``.
+        text_tokenizer: Hugging Face tokenizer (hub id or local path) for the transcripts; ``None``: no
+            text tensors unless ``connect`` hands one in.
+        max_text_length: tokens kept per transcript.
+        val_split: split used by ``val_dataloader``.
+        test_split: split used by ``test_dataloader``.
+        predict_split: split used by ``predict_dataloader``.
+        augment: optional stage over decoded training samples, inserted right after decoding
+            (e.g. DiME-Aug's ``DimeMixer``), implementing :class:`~ser_lightning.data.stream.pipeline.AugmentStage`.
+    """
+
+    def __init__(
+        self,
+        shards: str,
+        label_source: str = "primary",
+        sample_rate: int = 16000,
+        max_batch_seconds: float = 64.0,
+        max_batch_size: int = 32,
+        crop_seconds: float | None = None,
+        train_batches_per_epoch: int | None = None,
+        num_workers: int = 2,
+        shuffle_buffer: int = 1000,
+        bucket_buffer: int = 256,
+        seed: int = 0,
+        text_tokenizer: str | None = None,
+        max_text_length: int = 64,
+        val_split: str = "val",
+        test_split: str = "test",
+        predict_split: str = "test",
+        augment: AugmentStage | None = None,
+    ) -> None:
+        super().__init__()
+        _check_positive(sample_rate=sample_rate, max_batch_seconds=max_batch_seconds, max_batch_size=max_batch_size)
+        _check_positive(bucket_buffer=bucket_buffer, max_text_length=max_text_length)
+        if crop_seconds is not None:
+            _check_positive(crop_seconds=crop_seconds)
+        if train_batches_per_epoch is not None:
+            _check_positive(train_batches_per_epoch=train_batches_per_epoch)
+        if num_workers < 0 or shuffle_buffer < 0:
+            raise ValueError("num_workers and shuffle_buffer must be >= 0")
+        self.save_hyperparameters(ignore=["augment"])
+        self.shards = Path(shards)
+        self.label_source = label_source
+        self.sample_rate = sample_rate
+        self.max_batch_seconds = max_batch_seconds
+        self.max_batch_size = max_batch_size
+        self.crop_seconds = crop_seconds
+        self.train_batches_per_epoch = train_batches_per_epoch
+        self.num_workers = num_workers
+        self.shuffle_buffer = shuffle_buffer
+        self.bucket_buffer = bucket_buffer
+        self.seed = seed
+        self.text_tokenizer = text_tokenizer
+        self.max_text_length = max_text_length
+        self.splits = {"val": val_split, "test": test_split, "predict": predict_split}
+        self.augment = augment
+        self.tokenizer: Any | None = None
+        self._card: dict[str, Any] | None = None
+        self._label_stats: dict[str, Any] | None = None
+
+    # ---------------------------------------------------------------- card
+    @property
+    def card(self) -> dict[str, Any]:
+        """The shard directory's ``card.json``, read once and checked to list ``label_source``."""
+        if self._card is None:
+            self._card = read_card(self.shards, self.label_source)
+        return self._card
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names, in the order of the target's columns."""
+        return list(self.card["classes"])
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes C."""
+        return len(self.card["classes"])
+
+    @property
+    def bin_edges(self) -> list[float] | None:
+        """Inner tertile edges (nats) of the label source's stored entropies over the train split, or ``None``."""
+        stats = self.label_stats()
+        edges = None if stats is None else stats["tertile_edges"]
+        return None if edges is None else [float(e) for e in edges]
+
+    @property
+    def class_counts(self) -> list[float] | None:
+        """Train samples per plurality class of the label source (ties toward the first class), for CB-CE."""
+        stats = self.label_stats()
+        counts = None if stats is None else stats["class_counts"]
+        return None if counts is None else [float(c) for c in counts]
+
+    def label_stats(self) -> dict[str, Any] | None:
+        """``tertile_edges`` and ``class_counts`` of the label source over the training set (``None``: no train split).
+
+        Read from the card's ``label_sources``; a card written before it existed costs one scan of the train
+        split's sample JSON (logged), as will a training set that is not a whole split.
+        """
+        if self._label_stats is None:
+            stats = self.card.get("label_sources", {}).get(self.label_source)
+            if stats is None:
+                if not self.card.get("shards", {}).get("train"):
+                    return None
+                log.info("%s has no label_sources; scanning the train split's sample JSON once", self.shards)
+                meta = iter_shard_meta(self.shards, "train")
+                stats = label_source_stats(meta, [self.label_source], self.num_classes)[self.label_source]
+            self._label_stats = stats
+        return self._label_stats
+
+    def shard_paths(self, split: str) -> list[str]:
+        """Paths of the split's shards in card order."""
+        names = self.card.get("shards", {}).get(split)
+        if not names:
+            known = ", ".join(sorted(self.card.get("shards", {}))) or "none"
+            raise ValueError(f"split {split!r} has no shards in {self.shards / 'card.json'} (splits: {known})")
+        return [str(self.shards / name) for name in names]
+
+    def num_samples(self, split: str) -> int:
+        """Number of samples of ``split`` according to the card."""
+        return int(self.card.get("num_samples", {}).get(split, 0))
+
+    # ---------------------------------------------------------------- model pieces
+    def connect(self, sample_rate: int | None = None, tokenizer: Any | None = None) -> None:
+        """Take the model's sample rate and text tokenizer (an object, or a hub id / local path).
+
+        Call before the dataloaders are built (LightningCLI: after instantiation, before ``fit``).
+        """
+        if sample_rate is not None:
+            _check_positive(sample_rate=sample_rate)
+            self.sample_rate = int(sample_rate)
+        if isinstance(tokenizer, str | os.PathLike):
+            self.text_tokenizer, self.tokenizer = str(tokenizer), None
+        elif tokenizer is not None:
+            self.tokenizer = tokenizer
+
+    def setup(self, stage: str | None = None) -> None:
+        """Check the card against the configuration (reading it checks the label source) and load the tokenizer."""
+        needed = {"fit": ["train"], "validate": [self.splits["val"]], "test": [self.splits["test"]]}
+        needed["predict"] = [self.splits["predict"]]
+        for split in needed.get(stage or "", []):
+            self.shard_paths(split)
+        if self.tokenizer is None and self.text_tokenizer is not None:
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(self.text_tokenizer)
+
+    # ---------------------------------------------------------------- loaders
+    def train_batches(self, world_size: int) -> int:
+        """Training batches per rank per epoch (see the class docstring for the rule)."""
+        if self.train_batches_per_epoch is not None:
+            return self.train_batches_per_epoch
+        durations = read_durations(self.shard_paths("train")[0], DURATION_PEEK)
+        size = expected_batch_size(durations, self.max_batch_seconds, self.max_batch_size, self.crop_seconds)
+        synthetic = 0 if self.augment is None else int(self.augment.total)  # DiME-Aug adds these per epoch
+        return max(1, math.ceil((self.num_samples("train") + synthetic) / (world_size * size)))
+
+    def train_dataloader(self) -> DataLoader:
+        """Endless shuffled stream cut to the same number of batches on every rank."""
+        rank, world_size = self._rank_world()
+        if self.augment is not None and self.augment.label_source != self.label_source:
+            raise ValueError(
+                f"the augment stage mixes {self.augment.label_source!r} targets but the DataModule trains on "
+                f"label_source {self.label_source!r}; rebuild the index with ser-index --label-source"
+            )
+        dataset = TrainStream(
+            self.shard_paths("train"),
+            self.train_batches(world_size),
+            self._stream_config(),
+            rank=rank,
+            world_size=world_size,
+            shuffle_buffer=self.shuffle_buffer,
+            seed=self.seed,
+            augment=self.augment,
+        )
+        return EpochDataLoader(dataset, epoch_fn=self._trainer_epoch, **self._loader_kwargs())
+
+    def val_dataloader(self) -> DataLoader:
+        """Every sample of ``val_split`` exactly once over ranks and workers."""
+        return self._eval_loader(self.splits["val"])
+
+    def test_dataloader(self) -> DataLoader:
+        """Every sample of ``test_split`` exactly once over ranks and workers."""
+        return self._eval_loader(self.splits["test"])
+
+    def predict_dataloader(self) -> DataLoader:
+        """Every sample of ``predict_split`` exactly once over ranks and workers."""
+        return self._eval_loader(self.splits["predict"])
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        rank, world_size = self._rank_world()
+        dataset = EvalStream(self.shard_paths(split), self._stream_config(), rank=rank, world_size=world_size)
+        return DataLoader(dataset, **self._loader_kwargs())
+
+    def _stream_config(self) -> StreamConfig:
+        if self.tokenizer is None and self.text_tokenizer is not None:
+            self.setup()
+        return StreamConfig(
+            label_source=self.label_source,
+            num_classes=self.num_classes,
+            sample_rate=self.sample_rate,
+            crop_seconds=self.crop_seconds,
+            max_batch_seconds=self.max_batch_seconds,
+            max_batch_size=self.max_batch_size,
+            bucket_buffer=self.bucket_buffer,
+            collate=Collate(self.label_source, self.tokenizer, self.max_text_length),
+        )
+
+    def _loader_kwargs(self) -> dict[str, Any]:
+        return {"batch_size": None, "num_workers": self.num_workers, "pin_memory": torch.cuda.is_available()}
+
+    def _rank_world(self) -> tuple[int, int]:
+        """(rank, world size): the trainer's when attached, else the process's (:func:`rank_world`)."""
+        if self.trainer is not None:
+            return self.trainer.global_rank, self.trainer.world_size
+        return rank_world()
+
+    def _trainer_epoch(self) -> int | None:
+        return None if self.trainer is None else self.trainer.current_epoch
+
+
+def _check_positive(**values: float) -> None:
+    for name, value in values.items():
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
