@@ -8,8 +8,10 @@ processes spawned by a test inherit that path.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
+import tarfile
 import tempfile
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -95,6 +97,13 @@ def _pcm16(audio: np.ndarray) -> np.ndarray:
     return np.round(audio * 32768).clip(-32768, 32767).astype(np.int16)
 
 
+def _shard_info(path: Path) -> dict[str, Any]:
+    """``shard_info`` of a re-packed shard: its sample count and SHA-256 (no decoding: a corrupt member counts)."""
+    with tarfile.open(path) as tar:
+        samples = len({m.name.split(".", 1)[0] for m in tar if m.isfile()})
+    return {"samples": samples, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
 def _repack(out_dir: Path, shard_sizes: Mapping[str, Sequence[int]], corrupt_keys: set[str]) -> dict[str, Any]:
     """Re-pack each split's samples, in order, into shards of the given sizes; rewrite the card's shard lists."""
     card = read_card(out_dir)
@@ -115,6 +124,10 @@ def _repack(out_dir: Path, shard_sizes: Mapping[str, Sequence[int]], corrupt_key
                 for s in samples[start:end]:
                     sink.write({**s, "flac": NOT_FLAC} if s["__key__"] in corrupt_keys else s)
         card["shards"][split] = names
+        if "shard_info" in card:  # the repacked shards are the card's now (a corrupt member is as written)
+            for url in urls:
+                card["shard_info"].pop(Path(url).name, None)
+            card["shard_info"].update({name: _shard_info(out_dir / name) for name in names})
     (out_dir / CARD_NAME).write_text(json.dumps(card, indent=2), encoding="utf-8")
     return card
 

@@ -3,7 +3,7 @@
 Examples::
 
     ser-prepare iemocap --root /data/IEMOCAP_full_release --out shards/iemocap4 --split session --test-session 5
-    ser-prepare msp-podcast --root /data/MSP-Podcast --out shards/msp8 --classes msp8 --workers 8
+    ser-prepare msp-podcast --root /data/MSP-Podcast --out shards/msp8 --classes msp8 --drop-out-of-set-votes
     ser-prepare crema-d --root /data/CREMA-D --out shards/crema-d
     ser-prepare manifest --manifest my.csv --classes Anger,Happy,Neutral,Sad --out shards/mine
 """
@@ -16,11 +16,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ser_lightning.corpora.record import ReadReport, UtteranceRecord
+from ser_lightning.corpora.record import OUT_OF_SET_HINT, ReadReport, UtteranceRecord
+from ser_lightning.data.audio_io import DEFAULT_MAX_DURATION, SILENCE_THRESHOLD
 from ser_lightning.data.shards import check_out_dir, rejection_summary, write_shards
 from ser_lightning.labels import get_class_set
 
 logger = logging.getLogger("ser_lightning.prepare")
+
+DROP_HELP = (
+    "keep utterances with votes for classes outside --classes, without those votes (counted in card.json "
+    "reader.dropped_votes and warned); by default such an utterance is rejected (reason in rejected.jsonl)"
+)
 
 Reader = Callable[[argparse.Namespace], tuple[list[UtteranceRecord], ReadReport]]
 
@@ -33,6 +39,13 @@ def _ratios(text: str) -> tuple[float, float, float]:
     if len(values) != 3 or any(v < 0 for v in values) or sum(values) <= 0:
         raise argparse.ArgumentTypeError(f"ratios must be three non-negative numbers like 0.8,0.1,0.1, got {text!r}")
     return values  # type: ignore[return-value]
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -55,14 +68,15 @@ def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
 def _read_iemocap(args: argparse.Namespace) -> tuple[list[UtteranceRecord], ReadReport]:
     from ser_lightning.corpora.iemocap import read_iemocap
 
-    kwargs = _given(args, "classes", "split", "seed", "ratios", "test_session", "val_session")
+    kwargs = _given(args, "classes", "split", "seed", "ratios", "test_session", "val_session", "drop_out_of_set_votes")
     return read_iemocap(args.root, self_ratings=args.self_ratings, **kwargs)
 
 
 def _read_msp_podcast(args: argparse.Namespace) -> tuple[list[UtteranceRecord], ReadReport]:
     from ser_lightning.corpora.msp_podcast import read_msp_podcast
 
-    return read_msp_podcast(args.root, **_given(args, "classes", "split", "folds", "fold", "seed", "secondary_weight"))
+    names = ("classes", "split", "folds", "fold", "seed", "secondary_weight", "drop_out_of_set_votes")
+    return read_msp_podcast(args.root, **_given(args, *names))
 
 
 def _read_crema_d(args: argparse.Namespace) -> tuple[list[UtteranceRecord], ReadReport]:
@@ -74,7 +88,8 @@ def _read_crema_d(args: argparse.Namespace) -> tuple[list[UtteranceRecord], Read
 def _read_manifest(args: argparse.Namespace) -> tuple[list[UtteranceRecord], ReadReport]:
     from ser_lightning.corpora.manifest import read_manifest
 
-    return read_manifest(args.manifest, args.classes, **_given(args, "root", "split", "seed", "ratios"))
+    names = ("root", "split", "seed", "ratios", "drop_out_of_set_votes")
+    return read_manifest(args.manifest, args.classes, **_given(args, *names))
 
 
 # --------------------------------------------------------------------------------------------
@@ -90,6 +105,23 @@ def _common_options(root_required: bool) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_positive_int, default=1, help="processes decoding/encoding audio")
     p.add_argument("--min-duration", type=float, default=0.25, help="reject shorter utterances (seconds)")
     p.add_argument("--maxcount", type=_positive_int, default=1000, help="samples per shard at most")
+    p.add_argument(
+        "--silence-threshold",
+        type=_non_negative,
+        default=SILENCE_THRESHOLD,
+        help="reject silent clips: mono peak |x| below this, full scale 1.0 (default %(default)g = -80 dBFS; "
+        "0 keeps them)",
+    )
+    p.add_argument(
+        "--max-duration",
+        type=_non_negative,
+        default=DEFAULT_MAX_DURATION,
+        help="clips longer than this (seconds) are KEPT but counted in card.json audio_checks.long_utterances and "
+        "warned (default %(default)g); add --reject-over-max-duration to reject them",
+    )
+    p.add_argument(
+        "--reject-over-max-duration", action="store_true", help="reject clips longer than --max-duration"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--overwrite",
@@ -110,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("iemocap", parents=[corpus_root], help="IEMOCAP (Session1..5 evaluation files)")
     p.add_argument("--classes", choices=["iemocap4", "iemocap4x"], help="class set (default iemocap4)")
     p.add_argument("--self-ratings", action="store_true", help="count the actors' self-ratings as votes")
+    p.add_argument(
+        "--drop-out-of-set-votes", action="store_true", default=None, help=DROP_HELP + " (iemocap4x always drops)"
+    )
     p.add_argument("--split", choices=["random", "session"], help="random utterance split or held-out sessions")
     p.add_argument("--ratios", type=_ratios, help=ratios_help)
     p.add_argument("--test-session", type=int, help="test session (1-5) with --split session")
@@ -122,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=_positive_int, help="number of folds with --split folds")
     p.add_argument("--fold", type=int, help="test fold with --split folds")
     p.add_argument("--secondary-weight", type=float, help="weight of secondary votes in the merged source")
+    p.add_argument("--drop-out-of-set-votes", action="store_true", default=None, help=DROP_HELP)
     p.set_defaults(reader=_read_msp_podcast)
 
     p = sub.add_parser("crema-d", parents=[corpus_root], help="CREMA-D (processedResults/tabulatedVotes.csv)")
@@ -134,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", required=True, help="class-set name (e.g. cremad6) or class names A,B,C")
     p.add_argument("--split", choices=["given", "random"], help="the manifest's split column or a random split")
     p.add_argument("--ratios", type=_ratios, help=ratios_help)
+    p.add_argument("--drop-out-of-set-votes", action="store_true", default=None, help=DROP_HELP)
     p.set_defaults(reader=_read_manifest)
     return parser
 
@@ -143,13 +180,27 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------------------
 
 
+# Reader notes that mean labels were lost or a column was not read: warned, not just logged.
+_WARNED_NOTES = ("unused_column:", "secondary_outside_class_set")
+
+
 def _log_reader_report(report: ReadReport) -> None:
     if report.skipped:
         logger.info("reader skipped %d utterances (listed in rejected.jsonl)", len(report.skipped))
+    out_of_set = sum(1 for r in report.skipped.values() if r.startswith("votes outside class set"))
+    if out_of_set:
+        logger.warning("%d utterances rejected for votes outside the class set (%s)", out_of_set, OUT_OF_SET_HINT)
+    if report.dropped_votes:
+        logger.warning(
+            "%d kept utterances lost votes outside the class set (card.json reader.dropped_votes): %s",
+            report.utterances_with_dropped_votes,
+            {k: round(v, 6) for k, v in report.dropped_votes.most_common()},
+        )
     if report.ignored_labels:
         logger.info("labels outside the class set, not counted: %s", dict(report.ignored_labels.most_common()))
     for note, count in sorted(report.notes.items()):
-        logger.info("reader note %s: %d", note, count)
+        level = logging.WARNING if note.startswith(_WARNED_NOTES) else logging.INFO
+        logger.log(level, "reader note %s: %d", note, count)
 
 
 def _log_summary(out_dir: Path, card: dict[str, Any]) -> None:
@@ -199,6 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             report=report,
             progress=not args.no_progress,
             overwrite=args.overwrite,
+            silence_threshold=args.silence_threshold,
+            max_duration=args.max_duration,
+            reject_over_max_duration=args.reject_over_max_duration,
         )
     except (OSError, ValueError, KeyError) as err:
         logger.error("%s", err)

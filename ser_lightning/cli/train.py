@@ -5,13 +5,16 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from ser_lightning.cli.guards import FiniteModelCheckpoint, NonFiniteGuard
+from ser_lightning.cli.preemption import PreemptionCheckpoint, exit_status, resolve_last
 from ser_lightning.data.shards import iter_shard_meta
 from ser_lightning.data.stream.datamodule import SERDataModule
 from ser_lightning.metrics.functional import js_divergence
@@ -50,8 +53,9 @@ class SERLightningCLI(LightningCLI):
         """Link data facts into the model and add the project's callbacks as config sections."""
         for name in DATA_TO_MODEL:
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(FiniteModelCheckpoint, "checkpoint")  # a NaN val/js is never best
         parser.set_defaults(CHECKPOINT_DEFAULTS)
+        parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")  # a NaN loss / gradient stops the run
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.add_argument(
@@ -60,6 +64,11 @@ class SERLightningCLI(LightningCLI):
             default=False,
             help="after fit, test the best checkpoint and score the uniform and train-mean reference predictors",
         )
+
+    def before_instantiate_classes(self) -> None:
+        """``fit --ckpt_path last``: resume the run name's newest ``last.ckpt`` and log into its version directory."""
+        if self.subcommand == "fit":
+            resolve_last(self.config["fit"])
 
     def instantiate_classes(self) -> None:
         """Instantiate, then hand the model's sample rate and tokenizer to the DataModule."""
@@ -83,49 +92,85 @@ class SERLightningCLI(LightningCLI):
         self._write_metrics("test")
 
     def _write_metrics(self, stage: str) -> None:
+        """Write ``{stage}_metrics.json``: the logged metrics, the pass's accounting and reference predictors.
+
+        Strict JSON (non-finite numbers become ``null``). Always ``complete``, ``expected``, ``scored`` and
+        ``skipped`` (see ``DistributionModule._account``), ``evaluation`` (split, skipped samples and shard
+        errors with reasons, damaged shards) and ``reference`` (``uniform_js``, ``train_mean_js``: JS in bits of
+        the two model-free predictors on exactly the scored samples).
+        """
         trainer = self.trainer
         log_dir = trainer.log_dir  # a collective call under DDP: every rank asks, rank 0 writes
         if trainer.global_rank != 0:
             return
         metrics: dict[str, Any] = {
-            k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "test/"))
+            k: _finite(float(v)) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "test/"))
         }
-        split = self.datamodule.splits["test" if stage == "test" else "val"]
-        metrics["reference"] = reference_scores(self.datamodule.shards, self.datamodule.label_source, split)
+        report = dict(getattr(self.model, "eval_reports", {}).get("test" if stage == "test" else "val") or {})
+        for key in ("complete", "expected", "scored", "skipped"):
+            metrics[key] = report.pop(key, None)
+        reference = report.pop("reference", {})
+        metrics["reference"] = {k: _finite(reference.get(k)) for k in ("uniform_js", "train_mean_js")}
+        metrics["evaluation"] = report
         ckpt = getattr(trainer, "ckpt_path", None)
         metrics["checkpoint"] = str(ckpt) if ckpt else None
         out = Path(log_dir or trainer.default_root_dir) / f"{stage}_metrics.json"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        out.write_text(json.dumps(metrics, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
         ref = metrics["reference"]
         log.warning(
-            "%s JS %.4f | uniform predictor %.4f | train-mean predictor %.4f (written to %s)",
-            split,
-            metrics.get("test/js", metrics.get("val/js", float("nan"))),
-            ref["uniform_js"],
-            ref["train_mean_js"],
+            "%s JS %s | uniform predictor %s | train-mean predictor %s | %s of %s scored, %s skipped%s (written to %s)",
+            report.get("split", stage),
+            _fmt(metrics.get("test/js", metrics.get("val/js"))),
+            _fmt(ref["uniform_js"]),
+            _fmt(ref["train_mean_js"]),
+            metrics["scored"],
+            metrics["expected"],
+            metrics["skipped"],
+            "" if metrics["complete"] else " (INCOMPLETE)",
             out,
         )
 
 
+def _finite(value: float | None) -> float | None:
+    """``value``, or ``None`` when it is missing, NaN or infinite (strict JSON has no NaN)."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def reference_scores(shards: str | Path, label_source: str, split: str) -> dict[str, float]:
-    """JS (bits) on ``split`` of two model-free predictors: uniform, and the train split's mean distribution."""
-    train = torch.tensor([m["distribution"][label_source] for m in iter_shard_meta(shards, "train")])
-    target = torch.tensor([m["distribution"][label_source] for m in iter_shard_meta(shards, split)])
+    """JS (bits) on every sample of ``split`` of two model-free predictors: uniform, and the train split's mean.
+
+    Read from the shards' JSON, independently of a model's pass (which scores the same predictors on the
+    samples it scored: ``reference`` in the metrics JSON).
+    """
+    sources = [label_source]
+    train = torch.tensor([m["distribution"][label_source] for m in iter_shard_meta(shards, "train", sources)])
+    target = torch.tensor([m["distribution"][label_source] for m in iter_shard_meta(shards, split, sources)])
     uniform = torch.full_like(target, 1.0 / target.shape[1])
     mean = train.mean(0, keepdim=True).expand_as(target)
     return {"uniform_js": float(js_divergence(uniform, target)), "train_mean_js": float(js_divergence(mean, target))}
 
 
 def main(args: list[str] | None = None) -> None:
-    """Run the CLI (``python train.py fit --config configs/demo.yaml``)."""
-    SERLightningCLI(
-        DistributionModule,
-        SERDataModule,
-        subclass_mode_model=True,
-        auto_configure_optimizers=False,
-        args=args,
-        save_config_kwargs={"overwrite": True},
-        trainer_defaults=copy.deepcopy(TRAINER_DEFAULTS),
-        seed_everything_default=SEED,
-    )
+    """Run the CLI (``python train.py fit --config configs/demo.yaml``).
+
+    A fit stopped by SIGTERM / SIGINT saves ``last.ckpt`` and exits with status 143 / 130 (128 + signal number).
+    """
+    preemption = PreemptionCheckpoint()
+    trainer_defaults = copy.deepcopy(TRAINER_DEFAULTS)
+    trainer_defaults["callbacks"] = [preemption]  # persistent: not a config key
+    with exit_status(preemption):
+        SERLightningCLI(
+            DistributionModule,
+            SERDataModule,
+            subclass_mode_model=True,
+            auto_configure_optimizers=False,
+            args=args,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults=trainer_defaults,
+            seed_everything_default=SEED,
+        )

@@ -11,10 +11,11 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ser_lightning.corpora.record import ReadReport, UtteranceRecord
+from ser_lightning.corpora.record import ReadReport, UtteranceRecord, parse_errors
 from ser_lightning.corpora.splits import group_split
 from ser_lightning.labels import get_class_set
 
@@ -69,33 +70,41 @@ def read_tabulated_votes(path: str | Path, modality: str = "voice") -> VoteTable
         raise ValueError(f"modality must be one of {sorted(MODALITY_PREFIX)}, got {modality!r}")
     path = Path(path)
     prefix = MODALITY_PREFIX[modality]
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        with parse_errors(path, lambda: reader.line_num):
+            return _read_vote_rows(path, reader, prefix)
+
+
+def _read_vote_rows(path: Path, reader: Any, prefix: int) -> VoteTable:
+    """The rows of one modality (``prefix``) from an open ``csv.reader``."""
     row_ids: list[int] = []
     names: list[str] = []
     counts: list[list[float]] = []
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        header = next(reader, [])
-        if not is_tabulated_votes(header):
-            raise ValueError(f"{path}:1: not a CREMA-D tabulatedVotes.csv header: {header[:9]}")
-        col = {h.strip(): i for i, h in enumerate(header)}
-        for row in reader:
-            line = reader.line_num
-            if not row:
-                continue
-            try:
-                row_id = int(row[0])
-                votes = [float(row[col[c]]) for c in VOTE_COLUMNS]
-                total = float(row[col["numResponses"]])
-                name = row[col["fileName"]]
-            except (ValueError, IndexError) as err:
-                raise ValueError(f"{path}:{line}: malformed row ({err})") from err
-            if row_id // 100000 != prefix:
-                continue
-            if abs(sum(votes) - total) > 1e-6:
-                raise ValueError(f"{path}:{line}: numResponses {total:g} != sum of votes {sum(votes):g}")
-            row_ids.append(row_id)
-            names.append(name)
-            counts.append(votes)
+    header = next(reader, [])
+    if not is_tabulated_votes(header):
+        raise ValueError(f"{path}:1: not a CREMA-D tabulatedVotes.csv header: {header[:9]}")
+    col = {h.strip(): i for i, h in enumerate(header)}
+    for row in reader:
+        line = reader.line_num
+        if not row:
+            continue
+        try:
+            row_id = int(row[0])
+            votes = [float(row[col[c]]) for c in VOTE_COLUMNS]
+            total = float(row[col["numResponses"]])
+            name = row[col["fileName"]]
+        except (ValueError, IndexError) as err:
+            raise ValueError(f"{path}:{line}: malformed row ({err})") from err
+        if row_id // 100000 != prefix:
+            continue
+        if not all(np.isfinite(v) and v >= 0 for v in (*votes, total)):
+            raise ValueError(f"{path}:{line}: vote counts must be finite and non-negative, got {votes} / {total:g}")
+        if abs(sum(votes) - total) > 1e-6:
+            raise ValueError(f"{path}:{line}: numResponses {total:g} != sum of votes {sum(votes):g}")
+        row_ids.append(row_id)
+        names.append(name)
+        counts.append(votes)
     return VoteTable(row_ids, names, np.asarray(counts, dtype=np.float64).reshape(-1, len(VOTE_COLUMNS)))
 
 

@@ -17,12 +17,14 @@ Votes:
       tags is free text (spaces and ``;`` allowed) and is not read.
     * ``classes="iemocap4"``: Anger, Happiness, Neutral, Sadness (corpus tags Anger, Happiness, Neutral
       state, Sadness). An utterance is kept only if every tag of every evaluator is one of them; any other
-      tag drops it, with the reason in ``report.skipped``.
+      tag drops it, with the reason in ``report.skipped`` — unless ``drop_out_of_set_votes``: then the
+      outside tags' shares are left out and counted in ``report.dropped_votes``.
     * ``classes="iemocap4x"``: the same four classes with Excited counted as Happiness. An utterance is
       kept when the plurality class over all tags (ties toward the first class of the set, so a tie with
       an outside tag keeps the utterance) is one of the four; the votes are then restricted to the four
       classes and the outside tags counted in ``report.ignored_labels``. The stored counts are the
       restricted counts (not rescaled); :func:`ser_lightning.labels.votes_to_distribution` renormalises them.
+      This rule drops votes by definition: the dropped shares are counted in ``report.dropped_votes``.
     * Any other class set name (or ``"A,B,C"`` list) applies the ``iemocap4`` rule: every tag must map.
 
 VAD: the mean of the dimensional lines ``val``, ``act``, ``dom`` -> ``[valence, arousal, dominance]`` on
@@ -41,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ser_lightning.corpora.record import ReadReport, UtteranceRecord
+from ser_lightning.corpora.record import ReadReport, UtteranceRecord, out_of_set_reason, parse_errors
 from ser_lightning.corpora.splits import random_split
 from ser_lightning.labels import ClassSet, get_class_set
 
@@ -156,24 +158,30 @@ def _tag_votes(tags: list[list[str]], class_set: ClassSet) -> tuple[np.ndarray, 
     return counts, outside_share, outside_tags
 
 
-def _votes_for(turn: _Turn, class_set: ClassSet, plurality_rule: bool, report: ReadReport) -> np.ndarray | None:
-    """Votes of one turn under the preset's rule, or ``None`` (reason recorded) when it is dropped."""
+def _votes_for(
+    turn: _Turn, class_set: ClassSet, plurality_rule: bool, drop: bool, report: ReadReport
+) -> tuple[np.ndarray, dict[str, float]] | None:
+    """Votes of one turn and the shares it drops, or ``None`` (reason recorded) when the turn is skipped."""
     if not turn.tags:
         report.skipped[turn.id] = "no categorical evaluator line"
         return None
     counts, outside_share, outside_tags = _tag_votes(turn.tags, class_set)
     if not plurality_rule:
-        if outside_tags:
-            report.skipped[turn.id] = f"tags outside class set {class_set.name}: {sorted(outside_tags)}"
+        if outside_tags and not drop:
+            report.skipped[turn.id] = out_of_set_reason(class_set.name, dict(outside_share))
             return None
-        return counts
+        if counts.sum() <= 0:
+            report.skipped[turn.id] = f"no vote inside class set {class_set.name}: {sorted(outside_tags)}"
+            return None
+        report.ignored_labels.update(outside_tags)
+        return counts, dict(outside_share)
     top_outside = max(outside_share.values(), default=0.0)
     if counts.max() <= 0 or counts.max() < top_outside - 1e-9:
         plural = max(outside_share, key=lambda t: outside_share[t])
         report.skipped[turn.id] = f"plurality tag {plural!r} is outside class set {class_set.name}"
         return None
     report.ignored_labels.update(outside_tags)
-    return counts
+    return counts, dict(outside_share)
 
 
 def _read_transcripts(session_dir: Path) -> dict[str, str]:
@@ -181,7 +189,7 @@ def _read_transcripts(session_dir: Path) -> dict[str, str]:
     for path in sorted((session_dir / "dialog" / "transcriptions").glob("*.txt")):
         if path.name.startswith("."):
             continue
-        with path.open(encoding="utf-8") as f:
+        with path.open(encoding="utf-8") as f, parse_errors(path):
             for line in f:
                 m = _TRANSCRIPT.match(line.strip())
                 if m is not None:
@@ -229,6 +237,7 @@ def read_iemocap(
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
     test_session: int | None = None,
     val_session: int | None = None,
+    drop_out_of_set_votes: bool = False,
 ) -> tuple[list[UtteranceRecord], ReadReport]:
     """Read IEMOCAP's evaluator votes, VAD, transcripts and audio paths from the original release.
 
@@ -241,6 +250,8 @@ def read_iemocap(
         ratios: (train, val, test) fractions of the random split.
         test_session: session number used as test with ``split="session"``.
         val_session: session used as val; by default the next one (5 -> 1).
+        drop_out_of_set_votes: with the every-tag rule, keep a turn with tags outside the class set, without
+            them (counted in ``report.dropped_votes``) instead of skipping it. ``iemocap4x`` always drops.
 
     Returns:
         The kept utterances (sorted by session, file, position) and the report of what was left out.
@@ -250,7 +261,7 @@ def read_iemocap(
     root = Path(root)
     plurality_rule = classes == "iemocap4x"
     class_set = IEMOCAP4X if plurality_rule else get_class_set(classes)
-    report = ReadReport()
+    report = ReadReport(out_of_set_votes="drop" if plurality_rule or drop_out_of_set_votes else "reject")
     records: list[UtteranceRecord] = []
     session_of: dict[str, int] = {}
     seen: dict[str, str] = {}
@@ -264,14 +275,16 @@ def read_iemocap(
                 if turn.id in seen:
                     raise ValueError(f"{path}:{turn.line}: utterance {turn.id} already read at {seen[turn.id]}")
                 seen[turn.id] = f"{path}:{turn.line}"
-                votes = _votes_for(turn, class_set, plurality_rule, report)
-                if votes is None:
+                kept = _votes_for(turn, class_set, plurality_rule, drop_out_of_set_votes, report)
+                if kept is None:
                     continue
+                votes, dropped = kept
                 dialog = turn.id.rsplit("_", 1)[0]
                 audio = session_dir / "sentences" / "wav" / dialog / f"{turn.id}.wav"
                 if not audio.is_file():
                     report.skipped[turn.id] = f"audio file missing: {audio}"
                     continue
+                report.drop_votes(dropped)
                 if turn.id not in transcripts:
                     report.notes["missing_transcript"] += 1
                 vad = np.mean(turn.dims, axis=0).tolist() if turn.dims else list(turn.summary_vad)

@@ -9,7 +9,10 @@ Files read under ``root``:
 
 Votes:
     * ``primary``: one vote per rater for ``EmoClass_Major``. A major outside the class set is counted in
-      ``report.ignored_labels``; an utterance with no primary vote inside the set is skipped with a reason.
+      ``report.ignored_labels`` and skips the utterance (reason in ``report.skipped``), unless
+      ``drop_out_of_set_votes``: then the vote is left out and counted in ``report.dropped_votes`` (the
+      usual 8-class protocol, ``msp8`` without Other, needs it). An utterance with no primary vote inside
+      the set is skipped with a reason either way.
     * ``merged``: ``primary + secondary_weight x secondary``, the merged primary+secondary distribution of
       the entropy-aware curriculum paper (MSP-Podcast 2.0, 9 classes incl. Other). Its text does not spell
       out the counting, so we follow the all-inclusive aggregation rule it builds on (Chou et al., 2024):
@@ -37,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ser_lightning.corpora.record import ReadReport, UtteranceRecord
+from ser_lightning.corpora.record import ReadReport, UtteranceRecord, out_of_set_reason, parse_errors
 from ser_lightning.corpora.splits import fold_split
 from ser_lightning.labels import ClassSet, get_class_set, merge_votes
 
@@ -85,13 +88,14 @@ def _csv_rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, list
     """``(line number, row, column index)`` of every non-blank row; a short row raises naming file and line."""
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
-        col = _columns(next(reader, []), required, path)
-        for row in reader:
-            if not any(cell.strip() for cell in row):
-                continue
-            if len(row) < len(col):
-                raise ValueError(f"{path}:{reader.line_num}: expected {len(col)} fields, got {len(row)}")
-            yield reader.line_num, row, col
+        with parse_errors(path, lambda: reader.line_num):
+            col = _columns(next(reader, []), required, path)
+            for row in reader:
+                if not any(cell.strip() for cell in row):
+                    continue
+                if len(row) < len(col):
+                    raise ValueError(f"{path}:{reader.line_num}: expected {len(col)} fields, got {len(row)}")
+                yield reader.line_num, row, col
 
 
 def _float_or_none(text: str, what: str, path: Path, line: int) -> float | None:
@@ -157,7 +161,8 @@ def _read_transcript(path: Path, notes: Counter[str]) -> str:
     if not path.is_file():
         notes["missing_transcript"] += 1
         return ""
-    return path.read_text(encoding="utf-8").strip()
+    with parse_errors(path):
+        return path.read_text(encoding="utf-8").strip()
 
 
 def _consensus_vad(
@@ -171,7 +176,7 @@ def _consensus_vad(
 
 
 def _record(
-    root: Path, name: str, raters: _Raters, class_set: ClassSet, secondary_weight: float, report: ReadReport
+    root: Path, name: str, raters: _Raters, class_set: ClassSet, secondary_weight: float, drop: bool, report: ReadReport
 ) -> UtteranceRecord | None:
     """The record of audio file ``name`` (split and speaker filled in by the caller), or ``None`` when skipped."""
     utt_id = Path(name).stem
@@ -181,10 +186,14 @@ def _record(
     if primary_counts.sum() <= 0:
         report.skipped[utt_id] = f"no primary vote inside class set {class_set.name} (majors: {sorted(unknown)})"
         return None
+    if unknown and not drop:
+        report.skipped[utt_id] = out_of_set_reason(class_set.name, dict(unknown))
+        return None
     audio = root / "Audios" / name
     if not audio.is_file():
         report.skipped[utt_id] = f"audio file missing: {audio}"
         return None
+    report.drop_votes(dict(unknown))
     secondary = _secondary_counts(raters, class_set, report.notes)
     vad = [float(np.mean(v)) for v in raters.vad] if all(raters.vad) else None
     return UtteranceRecord(
@@ -210,6 +219,7 @@ def read_msp_podcast(
     fold: int = 0,
     seed: int = 0,
     secondary_weight: float = 1.0,
+    drop_out_of_set_votes: bool = False,
 ) -> tuple[list[UtteranceRecord], ReadReport]:
     """Read MSP-Podcast 2.x per-rater votes (``primary`` and ``merged``), VAD, transcripts and audio paths.
 
@@ -222,6 +232,8 @@ def read_msp_podcast(
         fold: the test fold with ``split="folds"`` (the next fold is val).
         seed: seed of the fold assignment.
         secondary_weight: weight of each secondary vote in ``merged``.
+        drop_out_of_set_votes: keep an utterance with primary votes outside the class set, without them
+            (counted in ``report.dropped_votes``); by default it is skipped with the reason in ``report.skipped``.
 
     Returns:
         The kept utterances in ``labels_consensus.csv`` order and the report of what was left out.
@@ -232,7 +244,7 @@ def read_msp_podcast(
         raise ValueError(f"secondary_weight must be >= 0, got {secondary_weight}")
     root = Path(root)
     class_set = get_class_set(classes)
-    report = ReadReport()
+    report = ReadReport(out_of_set_votes="drop" if drop_out_of_set_votes else "reject")
     detailed = _read_detailed(root / "Labels" / "labels_detailed.csv", report.notes)
     consensus = root / "Labels" / "labels_consensus.csv"
     records: list[UtteranceRecord] = []
@@ -248,7 +260,7 @@ def read_msp_podcast(
         if raters is None:
             report.skipped[utt_id] = "no per-rater row in labels_detailed.csv"
             continue
-        record = _record(root, name, raters, class_set, secondary_weight, report)
+        record = _record(root, name, raters, class_set, secondary_weight, drop_out_of_set_votes, report)
         if record is not None:
             record.split = official
             record.speaker = row[col["SpkrID"]].strip()

@@ -22,8 +22,11 @@ from ser_lightning.metrics.functional.probability import dominant_class
 class AmbiguityBinnedMetrics(Metric):
     """JS, BC, R², KL (mean and median) and acc / F1 / W-F1, overall and per entropy bin.
 
-    Keys of :meth:`compute`: ``js``, ``js_median``, ..., ``acc``, ``f1``, ``wf1``, ``count`` overall and the
-    same under ``bin1/``, ``bin2/``, ... (bin 1 = least ambiguous). Samples are binned on the target entropy
+    Keys of :meth:`compute`: ``js``, ``js_median``, ..., ``acc``, ``f1``, ``wf1``, ``count``, ``nonfinite`` overall and
+    the same under ``bin1/``, ``bin2/``, ... (bin 1 = least ambiguous). ``nonfinite`` counts the rows whose
+    prediction or target holds a NaN or an infinity: they make every score of their group NaN (the distribution
+    means through their NaN per-utterance scores, acc / F1 / W-F1 explicitly) instead of an argmax-of-NaN class 0,
+    and they stay out of the confusion matrix. Samples are binned on the target entropy
     stored with them (float64 nats from the votes, the numbers the card's edges were computed from), so an
     entropy equal to an edge is exactly equal and belongs to the lower bin. Empty bins report ``count`` 0 and
     NaN scores.
@@ -63,8 +66,11 @@ class AmbiguityBinnedMetrics(Metric):
         edges = self.bin_edges.to(target.device)
         # right=False: the first edge >= the value, so a value equal to an edge goes to the lower bin
         self.bins.append(torch.bucketize(entropy.to(target.device, torch.float64), edges, right=False).long())
-        self.pred_labels.append(dominant_class(preds).long())
-        self.target_labels.append(dominant_class(target).long())
+        # a non-finite row has no dominant class: its labels are stored as -1 and counted by compute()
+        finite = torch.isfinite(preds).all(-1) & torch.isfinite(target).all(-1)
+        missing = torch.full_like(finite, -1, dtype=torch.long)
+        self.pred_labels.append(torch.where(finite, dominant_class(preds).long(), missing))
+        self.target_labels.append(torch.where(finite, dominant_class(target).long(), missing))
 
     def _sync_dist(self, dist_sync_fn: Callable[..., Any], process_group: Any | None = None) -> None:
         # a rank that saw no sample must still send tensors of the right shape and dtype to the gather
@@ -81,8 +87,11 @@ class AmbiguityBinnedMetrics(Metric):
             col = scores[:, i]
             out[name] = torch.tensor(float("nan")) if empty else col.mean().float()
             out[f"{name}_median"] = torch.tensor(float("nan")) if empty else torch.quantile(col, 0.5).float()
-        cls = classification_scores(confusion_matrix(pred, target, self.num_classes))
-        out.update({k: v.float() for k, v in cls.items()})
+        finite = (pred >= 0) & (target >= 0)
+        out["nonfinite"] = torch.tensor(float((~finite).sum()))
+        cls = classification_scores(confusion_matrix(pred[finite], target[finite], self.num_classes))
+        nan = torch.tensor(float("nan"))
+        out.update({k: (v.float() if bool(finite.all()) else nan) for k, v in cls.items()})
         return out
 
     def compute(self) -> dict[str, Tensor]:
@@ -94,7 +103,8 @@ class AmbiguityBinnedMetrics(Metric):
         pred = dim_zero_cat(self.pred_labels)
         target = dim_zero_cat(self.target_labels)
         out = self._summarise(scores, pred, target)
-        self.last_confusion = confusion_matrix(pred, target, self.num_classes)
+        finite = (pred >= 0) & (target >= 0)
+        self.last_confusion = confusion_matrix(pred[finite], target[finite], self.num_classes)
         for b in range(self.num_bins):
             sel = bins == b
             for key, value in self._summarise(scores[sel], pred[sel], target[sel]).items():

@@ -2,22 +2,37 @@
 
 A thin base (STYLE habit 11): subclasses implement ``forward(batch) -> (B, C) probabilities`` and
 ``training_loss(batch) -> dict``; everything a researcher reads in TensorBoard is produced here once.
+
+Every validation / test pass is accounted for (:meth:`DistributionModule.eval_reports`): the samples scored
+plus those the stream skipped (with reasons) must add up to the card's count for the split, which the
+DataModule hands over (``trainer.datamodule.eval_expectation``); otherwise the run stops with an error naming
+the split, the counts and the damaged shards, or with ``allow_partial_eval`` warns and reports
+``complete: false``. A pass the trainer cut on purpose (``limit_*_batches``, ``fast_dev_run``, sanity
+check) is reported as incomplete without an error.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from ser_lightning.metrics import AmbiguityBinnedMetrics
+from ser_lightning.metrics.functional.distribution import js_divergence_per_item
 from ser_lightning.metrics.functional.probability import entropy
 from ser_lightning.models.figures import bin_bar_chart, confusion_figure
 
+log = logging.getLogger(__name__)
+
 EVAL_STAGES = ("val", "test")
+MAX_LISTED = 100  # skipped samples / shard errors listed in a report (all are counted)
 
 
 class DistributionModule(L.LightningModule):
@@ -43,6 +58,9 @@ class DistributionModule(L.LightningModule):
         self.eval_metrics = torch.nn.ModuleDict(
             {stage: AmbiguityBinnedMetrics(num_classes, edges) for stage in EVAL_STAGES}
         )
+        self._tally: dict[str, dict[str, Any]] = {stage: _new_tally() for stage in EVAL_STAGES}
+        self._expectation: dict[str, dict[str, Any] | None] = dict.fromkeys(EVAL_STAGES)
+        self.eval_reports: dict[str, dict[str, Any]] = {}  # stage -> the last pass's accounting (see _account)
 
     # -- to implement ------------------------------------------------------------------------
     def forward(self, batch: dict[str, Any]) -> Tensor:
@@ -65,25 +83,129 @@ class DistributionModule(L.LightningModule):
     def _eval_step(self, stage: str, batch: dict[str, Any]) -> None:
         self._update_eval_metrics(stage, self(batch), batch)
 
+    def _eval_batch(self, stage: str, batch: dict[str, Any]) -> None:
+        """Tally the batch (its samples and the stream's skips) and score it, unless it only carries skips."""
+        tally = self._tally[stage]
+        tally["batches"] += 1
+        tally["skipped"].extend(batch.get("skipped") or [])
+        if _skips_only(batch):
+            return
+        self._eval_step(stage, batch)
+        target = batch["targets"].detach().double()
+        tally["scored"] += target.shape[0]
+        # reference predictors on exactly the scored samples: uniform, and the train split's mean distribution
+        tally["uniform_js"] += float(js_divergence_per_item(torch.ones_like(target), target).sum())
+        mean = (self._expectation[stage] or {}).get("train_mean")
+        if mean is not None:
+            ref = torch.as_tensor(mean, dtype=torch.float64, device=target.device).expand_as(target)
+            tally["train_mean_js"] += float(js_divergence_per_item(ref, target).sum())
+
     def _update_eval_metrics(self, stage: str, probs: Tensor, batch: dict[str, Any]) -> None:
         # bins follow the target entropy stored with each sample (float64 nats), not one recomputed here
         self.eval_metrics[stage].update(probs.float(), batch["targets"].float(), batch["entropy"])
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Accumulate validation metrics."""
-        self._eval_step("val", batch)
+        self._eval_batch("val", batch)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Accumulate test metrics."""
-        self._eval_step("test", batch)
+        self._eval_batch("test", batch)
+
+    def on_validation_epoch_start(self) -> None:
+        """Start the pass's tally and take what it must account for from the DataModule."""
+        self._start_eval("val")
+
+    def on_test_epoch_start(self) -> None:
+        """Start the pass's tally and take what it must account for from the DataModule."""
+        self._start_eval("test")
 
     def on_validation_epoch_end(self) -> None:
-        """Log val metrics overall and per bin, and the figures."""
+        """Check the pass is complete, then log val metrics overall and per bin, and the figures."""
+        self._account("val")
         self._log_eval("val")
 
     def on_test_epoch_end(self) -> None:
-        """Log test metrics overall and per bin, and the figures."""
+        """Check the pass is complete, then log test metrics overall and per bin, and the figures."""
+        self._account("test")
         self._log_eval("test")
+
+    # -- completeness ------------------------------------------------------------------------
+    def _start_eval(self, stage: str) -> None:
+        self._tally[stage] = _new_tally()
+        hand_over = getattr(getattr(self.trainer, "datamodule", None), "eval_expectation", None)
+        self._expectation[stage] = hand_over(stage) if callable(hand_over) else None
+
+    def _limited(self, stage: str, batches: list[int]) -> bool:
+        """Whether the trainer cut this pass on purpose (sanity check, ``limit_*_batches``, ``fast_dev_run``)."""
+        if self.trainer.sanity_checking:
+            return True
+        limits = self.trainer.num_val_batches if stage == "val" else self.trainer.num_test_batches
+        limit = limits[0] if isinstance(limits, list) and limits else limits
+        return isinstance(limit, int | float) and math.isfinite(limit) and max(batches, default=0) >= limit
+
+    def _account(self, stage: str) -> None:
+        """Compare scored + skipped samples, summed over ranks, with the card; stop or warn when they differ.
+
+        Sets ``eval_reports[stage]``: ``split``, ``complete``, ``expected``, ``scored``, ``skipped``,
+        ``skipped_samples`` / ``shard_errors`` (``{"key", "shard", "reason"}``, at most 100 each),
+        ``damaged_shards`` and ``reference`` (``uniform_js``, ``train_mean_js``: JS in bits on the scored set).
+        ``complete`` is true when every sample the card lists was scored or skipped with a reason and no shard
+        failed while streaming; ``None`` without a DataModule that states an expectation.
+        """
+        tallies = _gather(self._tally[stage], self.trainer.world_size, self.device)
+        scored = sum(t["scored"] for t in tallies)
+        records = [r for t in tallies for r in t["skipped"]]
+        samples = sorted((r for r in records if r.get("key") is not None), key=lambda r: (str(r["shard"]), r["key"]))
+        shard_errors = [dict(r) for r in sorted({tuple(sorted(r.items())) for r in records if r.get("key") is None})]
+        expectation = self._expectation[stage] or {}
+        expected = expectation.get("expected")
+        limited = self._limited(stage, [t["batches"] for t in tallies])
+        complete = None if expected is None else (scored + len(samples) == expected and not shard_errors)
+        report: dict[str, Any] = {
+            "split": expectation.get("split", stage),
+            "complete": False if limited else complete,
+            "limited": limited,
+            "expected": expected,
+            "scored": scored,
+            "skipped": len(samples),
+            "skipped_samples": samples[:MAX_LISTED],
+            "shard_errors": shard_errors[:MAX_LISTED],
+            "damaged_shards": [],
+            "reference": {
+                "uniform_js": sum(t["uniform_js"] for t in tallies) / scored if scored else None,
+                "train_mean_js": (
+                    sum(t["train_mean_js"] for t in tallies) / scored
+                    if scored and expectation.get("train_mean") is not None
+                    else None
+                ),
+            },
+        }
+        self.eval_reports[stage] = report
+        if not self.trainer.sanity_checking:
+            for name in ("skipped", "scored"):
+                self.log(f"{stage}/{name}", float(report[name]), sync_dist=False)
+            for name, value in report["reference"].items():
+                if value is not None:
+                    self.log(f"{stage}/reference/{name}", value, sync_dist=False)
+        if limited or complete is not False:
+            return
+        self._incomplete(stage, report, expectation)
+
+    def _incomplete(self, stage: str, report: dict[str, Any], expectation: dict[str, Any]) -> None:
+        """Name the split, the counts and the damaged shards; raise, or warn under ``allow_partial_eval``."""
+        damaged = getattr(getattr(self.trainer, "datamodule", None), "damaged_shards", None)
+        report["damaged_shards"] = damaged(report["split"]) if callable(damaged) else []
+        shards = report["damaged_shards"] + [f"{e['shard']}: {e['reason']}" for e in report["shard_errors"]]
+        message = (
+            f"incomplete {stage} pass over split {report['split']!r}: the card lists {report['expected']} samples, "
+            f"{report['scored']} were scored and {report['skipped']} skipped with a reason. Damaged shards: "
+            + ("; ".join(shards) if shards else "none found (is the card out of date? see refresh_card)")
+        )
+        if expectation.get("allow_partial"):
+            log.warning("%s (allow_partial_eval: metrics marked complete=false)", message)
+            return
+        raise RuntimeError(message + ". Pass --data.allow_partial_eval true to report a partial evaluation instead.")
 
     def _log_eval(self, stage: str) -> None:
         metric = self.eval_metrics[stage]
@@ -121,9 +243,37 @@ class DistributionModule(L.LightningModule):
     # -- prediction --------------------------------------------------------------------------
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         """One record per utterance: id, classes, probabilities, entropy (nats)."""
+        if _skips_only(batch):
+            return []
         probs = self(batch).float()
         ent = entropy(probs)
         return [
             {"id": uid, "classes": self.classes, "probabilities": p.tolist(), "entropy": float(h)}
             for uid, p, h in zip(batch["ids"], probs.cpu(), ent.cpu(), strict=True)
         ]
+
+
+def _new_tally() -> dict[str, Any]:
+    return {"batches": 0, "scored": 0, "skipped": [], "uniform_js": 0.0, "train_mean_js": 0.0}
+
+
+def _skips_only(batch: dict[str, Any]) -> bool:
+    """A batch of no samples that only carries the stream's ``skipped`` records (see ``EvalStream``)."""
+    return "targets" not in batch and not batch.get("ids")
+
+
+def _gather(obj: dict[str, Any], world_size: int, device: torch.device) -> list[dict[str, Any]]:
+    """``obj`` (JSON-able) of every rank, in rank order; a collective call under DDP, so every rank must make it.
+
+    Sent as padded UTF-8 JSON tensors on ``device`` (NCCL needs CUDA tensors); ``all_gather_object`` is
+    avoided: with gloo across nodes it aborted the process at exit.
+    """
+    if world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    data = torch.tensor(list(json.dumps(obj).encode("utf-8")), dtype=torch.uint8, device=device)
+    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([data.numel()], dtype=torch.long, device=device))
+    width = max(int(n) for n in sizes)
+    padded = [torch.zeros(width, dtype=torch.uint8, device=device) for _ in sizes]
+    dist.all_gather(padded, torch.cat([data, data.new_zeros(width - data.numel())]))
+    return [json.loads(bytes(p[: int(n)].cpu().tolist()).decode("utf-8")) for p, n in zip(padded, sizes, strict=True)]

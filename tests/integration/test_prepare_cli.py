@@ -110,6 +110,9 @@ def test_flags_map_to_reader_keywords(tmp_path, monkeypatch, module, function, a
         "skipped": 1,
         "ignored_labels": {"Frustration": 2},
         "notes": {"secondary_outside_class_set": 1},
+        "out_of_set_votes": None,
+        "dropped_votes": {},
+        "utterances_with_dropped_votes": 0,
     }
 
 
@@ -235,3 +238,110 @@ def test_crema_d_end_to_end_matches_vote_statistics(tmp_path, crema_d_votes_path
     speakers = {s: {m["speaker"] for m in metas if m["split"] == s} for s in card["num_samples"]}
     assert not (speakers["train"] & speakers["test"])  # actor-disjoint splits survive the writer
     assert "rejected" in caplog.text
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 15: no silent label loss or silent audio at preparation
+# --------------------------------------------------------------------------------------------
+
+
+def _rejected(out: Path) -> dict[str, str]:
+    return {json.loads(x)["id"]: json.loads(x)["reason"] for x in (out / "rejected.jsonl").open()}
+
+
+def test_vote_column_outside_classes_rejects_row_unless_dropping_is_asked(tmp_path, caplog):
+    """Surprise 9 + Neutral 1 with --classes Angry,Happy,Sad,Neutral must not become a 100 % Neutral target."""
+    noise_wav(tmp_path / "a.wav")
+    noise_wav(tmp_path / "b.wav", seed=1)
+    (tmp_path / "m.csv").write_text(
+        "audio,split,Angry,Happy,Sad,Neutral,Surprise\na.wav,train,0,0,0,1,9\nb.wav,train,2,1,0,0,0\n"
+    )
+    argv = ["manifest", "--manifest", str(tmp_path / "m.csv"), "--classes", "Angry,Happy,Sad,Neutral", "--no-progress"]
+    out = tmp_path / "out"
+    assert main([*argv, "--out", str(out)]) == 0
+    assert _rejected(out)["a"].startswith("votes outside class set custom: Surprise=9 (pass --drop-out-of-set-votes")
+    assert [m["id"] for m in iter_shard_meta(out)] == ["b"]
+    card = read_card(out)
+    assert card["reader"]["out_of_set_votes"] == "reject"
+    assert card["reader"]["dropped_votes"] == {}
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("1 utterances rejected for votes outside the class set" in m for m in warned)
+
+    caplog.clear()
+    dropped = tmp_path / "dropped"
+    assert main([*argv, "--out", str(dropped), "--drop-out-of-set-votes"]) == 0
+    metas = {m["id"]: m for m in iter_shard_meta(dropped)}
+    assert metas["a"]["votes"]["primary"] == [0.0, 0.0, 0.0, 1.0]  # the user asked for it, and it is counted:
+    card = read_card(dropped)
+    assert card["reader"]["out_of_set_votes"] == "drop"
+    assert card["reader"]["dropped_votes"] == {"Surprise": 9.0}
+    assert card["reader"]["utterances_with_dropped_votes"] == 1
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("1 kept utterances lost votes outside the class set" in m and "Surprise" in m for m in warned)
+
+
+def test_msp_podcast_flag_reaches_the_reader(tmp_path, monkeypatch):
+    import ser_lightning.corpora.msp_podcast as msp
+
+    calls: list = []
+    monkeypatch.setattr(msp, "read_msp_podcast", fake_reader(calls, tmp_path, ("A", "B", "C")))
+    argv = ["msp-podcast", "--root", str(tmp_path), "--out", str(tmp_path / "o"), "--no-progress"]
+    assert main([*argv, "--drop-out-of-set-votes"]) == 0
+    assert calls[0][1] == {"drop_out_of_set_votes": True}
+
+
+def _wav(path: Path, audio: np.ndarray, rate: int = 16000, subtype: str = "FLOAT") -> Path:
+    sf.write(path, audio.astype(np.float32), rate, subtype=subtype)
+    return path
+
+
+def test_silent_clipped_and_long_audio(tmp_path, caplog):
+    rng = np.random.default_rng(0)
+    _wav(tmp_path / "ok.wav", 0.1 * rng.standard_normal(8000))
+    _wav(tmp_path / "zeros.wav", np.zeros(8000))
+    _wav(tmp_path / "hiss.wav", 5e-5 * np.sign(rng.standard_normal(8000)))  # peak 5e-5 < 1e-4: silent
+    _wav(tmp_path / "loud.wav", 3.0 * rng.standard_normal(8000))  # float audio far past full scale
+    _wav(tmp_path / "long.wav", 0.1 * rng.standard_normal(16000 * 3))  # 3 s > --max-duration 2
+    names = ("ok", "zeros", "hiss", "loud", "long")
+    (tmp_path / "m.csv").write_text("audio,split,A,B\n" + "".join(f"{n}.wav,train,1,1\n" for n in names))
+    base = ["manifest", "--manifest", str(tmp_path / "m.csv"), "--classes", "A,B", "--no-progress"]
+    out = tmp_path / "out"
+    assert main([*base, "--out", str(out), "--max-duration", "2"]) == 0
+    rejected = _rejected(out)
+    assert set(rejected) == {"zeros", "hiss"}
+    assert rejected["zeros"] == "silent: peak 0.00e+00 < 0.0001 full scale"
+    assert rejected["hiss"].startswith("silent: peak 5.00e-05")
+    assert sorted(m["id"] for m in iter_shard_meta(out)) == ["long", "loud", "ok"]
+    checks = read_card(out)["audio_checks"]
+    loud_clipped = int(np.count_nonzero(np.abs(sf.read(tmp_path / "loud.wav", dtype="float32")[0]) > 1.0))
+    assert checks == {
+        "silence_threshold": 1e-4,
+        "max_duration": 2.0,
+        "reject_over_max_duration": False,
+        "clipped_utterances": 1,
+        "clipped_samples": loud_clipped,
+        "long_utterances": 1,
+    }
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(f"1 kept utterances had {loud_clipped} samples outside [-1, 1]" in m and "loud" in m for m in warned)
+    assert any("1 kept utterances are longer than --max-duration 2 s: long" in m for m in warned)
+
+    strict = tmp_path / "strict"
+    argv = [*base, "--out", str(strict), "--max-duration", "2", "--reject-over-max-duration"]
+    assert main([*argv, "--silence-threshold", "0"]) == 0
+    assert _rejected(strict) == {"long": "too long: 3.0 s > 2 s"}
+    assert read_card(strict)["audio_checks"]["long_utterances"] == 0
+    # the default cap (60 s) counts nothing here
+    assert main([*base, "--out", str(tmp_path / "default")]) == 0
+    assert read_card(tmp_path / "default")["audio_checks"]["max_duration"] == 60.0
+
+
+def test_manifest_parse_errors_name_file_and_line_through_the_cli(tmp_path, caplog):
+    noise_wav(tmp_path / "a.wav")
+    (tmp_path / "m.jsonl").write_bytes(b'{"audio": "a.wav", "votes": [1, 0], "split": "train"}\n{"audio": "\xff"}\n')
+    argv = ["manifest", "--manifest", str(tmp_path / "m.jsonl"), "--classes", "A,B", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 1
+    assert "m.jsonl:2: not utf-8 text" in caplog.text
+    (tmp_path / "m.jsonl").write_text('{"audio": "a.wav", "votes": [1, "x"], "split": "train"}\n')
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 1
+    assert "m.jsonl:1: vote count is not a number: 'x'" in caplog.text

@@ -6,6 +6,7 @@ writes the directories read here.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import tarfile
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ser_lightning.labels import plurality, quantile_edges
+from ser_lightning.labels import plurality, quantile_edges, votes_to_distribution
 from ser_lightning.stats import vote_statistics
 
 logger = logging.getLogger(__name__)
@@ -24,6 +25,7 @@ logger = logging.getLogger(__name__)
 CARD_NAME = "card.json"
 REJECTED_NAME = "rejected.jsonl"
 PRIMARY = "primary"
+LABEL_FIELDS = ("votes", "distribution", "entropy")  # per label source in every sample JSON
 
 
 # --------------------------------------------------------------------------------------------
@@ -51,6 +53,7 @@ def build_card(
     num_rejected: int,
     sample_rate: int,
     train_meta: Iterable[dict[str, Any]] = (),
+    shard_info: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The card dict (keys as in ``docs/shard-format.md``).
 
@@ -64,6 +67,7 @@ def build_card(
         sample_rate: rate of the stored audio in Hz.
         train_meta: the sample JSON (``votes`` and ``entropy`` suffice) of the kept train samples, for
             ``label_sources`` (see :func:`label_source_stats`).
+        shard_info: shard file name -> ``{"samples", "sha256"}`` (see :func:`describe_shard`).
     """
     all_votes = [v for s in splits for v in primary[s]]
     stats = {"all": vote_statistics(np.asarray(all_votes).reshape(-1, len(classes)), classes)}
@@ -76,6 +80,7 @@ def build_card(
         "sample_rate": sample_rate,
         "num_samples": {s: len(primary[s]) for s in splits},
         "shards": {s: shards.get(s, []) for s in splits},
+        "shard_info": {name: shard_info[name] for s in splits for name in shards.get(s, [])} if shard_info else {},
         "stats": stats,
         "label_sources": label_source_stats(train_meta, sources, len(classes)),
     }
@@ -84,11 +89,12 @@ def build_card(
 def label_source_stats(
     train_meta: Iterable[dict[str, Any]], sources: Sequence[str], num_classes: int
 ) -> dict[str, dict[str, list[float] | list[int] | None]]:
-    """Per label source over a training set: ``tertile_edges`` of the stored entropies, plurality ``class_counts``.
+    """Per label source over a training set: entropy ``tertile_edges``, ``class_counts``, ``mean_distribution``.
 
     The edges are the inner tertiles of each sample's stored ``entropy[source]`` (nats), so the bins the
-    metrics use are the ones the stored entropies fall in; the counts tie toward the first class (CB-CE).
-    Both are ``None`` for an empty training set.
+    metrics use are the ones the stored entropies fall in; the counts tie toward the first class (CB-CE);
+    ``mean_distribution`` is the mean of the samples' ``votes[source] / sum`` (the train-mean reference
+    predictor). All are ``None`` for an empty training set.
 
     Args:
         train_meta: the sample JSON dicts of the training set (one pass; ``votes`` and ``entropy`` are read).
@@ -99,19 +105,30 @@ def label_source_stats(
     entropies: dict[str, list[float]] = {s: [] for s in sources}
     for meta in train_meta:
         for s in sources:
-            votes[s].append(meta["votes"][s])
-            entropies[s].append(meta["entropy"][s])
+            votes[s].append(sample_field(meta, "votes", s))
+            entropies[s].append(sample_field(meta, "entropy", s))
     out: dict[str, dict[str, Any]] = {}
     for s in sources:
         if not votes[s]:
-            out[s] = {"tertile_edges": None, "class_counts": None}
+            out[s] = {"tertile_edges": None, "class_counts": None, "mean_distribution": None}
             continue
-        labels, _ = plurality(np.asarray(votes[s], dtype=np.float64).reshape(-1, num_classes))
+        counts = np.asarray(votes[s], dtype=np.float64).reshape(-1, num_classes)
+        labels, _ = plurality(counts)
         out[s] = {
             "tertile_edges": [float(e) for e in quantile_edges(entropies[s], 3)],
             "class_counts": np.bincount(labels, minlength=num_classes).tolist(),
+            "mean_distribution": votes_to_distribution(counts).mean(axis=0).tolist(),
         }
     return out
+
+
+def sample_field(meta: dict[str, Any], field: str, source: str, where: str = "") -> Any:
+    """``meta[field][source]`` of a sample JSON, or a ``ValueError`` naming the sample (and ``where``: its shard)."""
+    try:
+        return meta[field][source]
+    except (KeyError, TypeError, IndexError):
+        place = f" of {where}" if where else ""
+        raise ValueError(f"sample {meta.get('id', '?')!r}{place} has no {field}[{source!r}]") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,13 +141,17 @@ def read_card(shard_dir: str | Path, label_source: str | None = None) -> dict[st
 
     Raises:
         FileNotFoundError: the directory has no card (not written by ``ser-prepare``).
-        ValueError: ``label_source`` is not among the card's ``sources``.
+        ValueError: the card is not valid JSON or not a card, or ``label_source`` is not among its ``sources``.
     """
     path = Path(shard_dir) / CARD_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no shard card; is {shard_dir} a directory written by ser-prepare?")
-    with path.open(encoding="utf-8") as f:
-        card = json.load(f)
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise ValueError(f"{path}: corrupt shard card ({err}); rewrite it with data.shards.refresh_card") from err
+    if not isinstance(card, dict) or not isinstance(card.get("shards"), dict):
+        raise ValueError(f"{path}: not a shard card (no 'shards' mapping); rewrite it with refresh_card")
     sources = card.get("sources", [])
     if label_source is not None and sources and label_source not in sources:
         raise ValueError(f"{path}: label_source {label_source!r} is not in these shards (they have {sources})")
@@ -146,17 +167,24 @@ def shard_paths(shard_dir: str | Path, split: str | None = None, card: dict[str,
     return [Path(shard_dir) / name for s in splits for name in card["shards"][s]]
 
 
-def _tar_meta(path: Path) -> Iterator[dict[str, Any]]:
-    """The JSON members of one shard, in order, without decoding any audio."""
-    with tarfile.open(path, "r:") as tar:
-        for member in tar:
-            if member.isfile() and member.name.endswith(".json"):
-                f = tar.extractfile(member)
-                assert f is not None
-                try:
-                    yield json.loads(f.read().decode("utf-8"))
-                except ValueError as err:
-                    raise ValueError(f"{path}: member {member.name}: bad JSON ({err})") from err
+def _tar_meta(path: Path, sources: Sequence[str] = ()) -> Iterator[dict[str, Any]]:
+    """The JSON members of one shard, in order, without decoding any audio; ``sources``: label fields checked."""
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for member in tar:
+                if member.isfile() and member.name.endswith(".json"):
+                    f = tar.extractfile(member)
+                    assert f is not None
+                    try:
+                        meta = json.loads(f.read().decode("utf-8"))
+                    except ValueError as err:
+                        raise ValueError(f"{path}: member {member.name}: bad JSON ({err})") from err
+                    for source in sources:
+                        for field in LABEL_FIELDS:
+                            sample_field(meta, field, source, f"{path} (member {member.name})")
+                    yield meta
+    except (tarfile.TarError, EOFError) as err:
+        raise ValueError(f"{path}: damaged shard ({type(err).__name__}: {err}); see verify_shards") from err
 
 
 def read_durations(shard: str | Path, limit: int = 512) -> list[float]:
@@ -170,15 +198,100 @@ def read_durations(shard: str | Path, limit: int = 512) -> list[float]:
     return durations
 
 
-def iter_shard_meta(shard_dir: str | Path, split: str | None = None) -> Iterator[dict[str, Any]]:
+def iter_shard_meta(
+    shard_dir: str | Path, split: str | None = None, sources: Sequence[str] = ()
+) -> Iterator[dict[str, Any]]:
     """Yield the JSON dict of every sample (in shard order) without decoding any audio.
 
     Args:
         shard_dir: a directory written by :func:`ser_lightning.data.shards.write_shards`.
         split: only this split's shards; all when ``None``.
+        sources: label sources whose ``votes``, ``distribution`` and ``entropy`` every sample must have.
+
+    Raises:
+        ValueError: a shard is damaged, or a sample lacks a field; the message names the shard (and member).
     """
     for path in shard_paths(shard_dir, split):
-        yield from _tar_meta(path)
+        yield from _tar_meta(path, sources)
+
+
+# --------------------------------------------------------------------------------------------
+# Checking shards against the card
+# --------------------------------------------------------------------------------------------
+
+_BLOCK = 512  # tar block size; a complete archive ends with two zero blocks after its last member
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (the card's ``shard_info[name]["sha256"]``)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def scan_shard(path: str | Path) -> tuple[int, str | None]:
+    """``(samples, problem)`` of one shard: sample keys read, and why it is damaged (``None``: intact tar).
+
+    Reads the tar headers only. A cut at a member boundary leaves a readable tar without the end-of-archive
+    blocks; a cut inside a member leaves a member that runs past the end of the file.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    keys: set[str] = set()
+    end = 0
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for member in tar:
+                end = member.offset_data + -(-member.size // _BLOCK) * _BLOCK
+                key = member.name.split("/")[-1].split(".", 1)[0]
+                if end > size:
+                    done = len(keys - {key})
+                    return done, f"cut inside member {member.name} after {done} complete samples"
+                if member.isfile():
+                    keys.add(key)
+    except (tarfile.TarError, EOFError) as err:
+        return len(keys), f"unreadable tar after {len(keys)} samples ({type(err).__name__}: {err})"
+    with path.open("rb") as f:
+        f.seek(end)
+        tail = f.read(2 * _BLOCK)
+    if len(tail) < 2 * _BLOCK or any(tail):
+        return len(keys), f"no end-of-archive marker after {len(keys)} samples (cut at a member boundary?)"
+    return len(keys), None
+
+
+def describe_shard(path: str | Path) -> dict[str, Any]:
+    """The card's ``shard_info`` entry of a shard file: ``{"samples": int, "sha256": str}``."""
+    samples, problem = scan_shard(path)
+    if problem is not None:
+        raise ValueError(f"{path}: {problem}")
+    return {"samples": samples, "sha256": file_sha256(path)}
+
+
+def verify_shards(shard_dir: str | Path, split: str, card: dict[str, Any] | None = None) -> list[str]:
+    """Re-read every shard of a split and say what is wrong with each damaged one (empty list: none is).
+
+    Each message names the shard file: missing, cut inside a member, cut at a member boundary (no
+    end-of-archive marker), a sample count or SHA-256 other than the card's ``shard_info`` (cards written
+    before ``shard_info`` existed are checked for the first three only).
+    """
+    card = read_card(shard_dir) if card is None else card
+    info = card.get("shard_info") or {}
+    problems = []
+    for path in shard_paths(shard_dir, split, card):
+        expected = info.get(path.name, {})
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+            continue
+        samples, problem = scan_shard(path)
+        if problem is None and "samples" in expected and samples != expected["samples"]:
+            problem = f"holds {samples} samples, the card says {expected['samples']}"
+        if problem is None and "sha256" in expected and file_sha256(path) != expected["sha256"]:
+            problem = "SHA-256 differs from the card's (changed after preparation)"
+        if problem is not None:
+            problems.append(f"{path}: {problem}")
+    return problems
 
 
 def shard_dir_statistics(shard_dir: str | Path) -> dict[str, dict[str, Any]]:

@@ -25,13 +25,14 @@ import webdataset as wds
 from tqdm.auto import tqdm
 
 from ser_lightning.corpora.record import SPLIT_NAMES, ReadReport, UtteranceRecord
-from ser_lightning.data.audio_io import AudioJob, ordered_map, process_audio
+from ser_lightning.data.audio_io import DEFAULT_MAX_DURATION, SILENCE_THRESHOLD, AudioChecks, ordered_map, process_audio
 from ser_lightning.data.shards.card import (
     CARD_NAME,
     PRIMARY,
     REJECTED_NAME,
     build_card,
     common_sources,
+    describe_shard,
     iter_shard_meta,
     read_card,
 )
@@ -146,6 +147,8 @@ class _SplitShardWriter:
         self._file: BinaryIO | None = None
         self._tar: wds.TarWriter | None = None
         self._name = ""
+        self._sha256 = hashlib.sha256()
+        self.info: dict[str, dict[str, Any]] = {}  # shard name -> {"samples", "sha256"}, for the card
 
     def write(self, split: str, key: str, flac: bytes, meta_json: bytes) -> None:
         if self._tar is None or split != self._split or self._count >= self.maxcount:
@@ -161,15 +164,32 @@ class _SplitShardWriter:
         names.append(self._name)
         self._split, self._count = split, 0
         self._file = (self.out_dir / f"{self._name}.partial").open("wb")
-        self._tar = wds.TarWriter(self._file, user=_TAR_USER, group=_TAR_USER, encoder=False, mtime=0)
+        self._sha256 = hashlib.sha256()
+        sink = _HashingSink(self._file, self._sha256)
+        self._tar = wds.TarWriter(sink, user=_TAR_USER, group=_TAR_USER, encoder=False, mtime=0)
 
     def close(self) -> None:
         if self._tar is None or self._file is None:
             return
         self._tar.close()
         self._file.close()
+        self.info[self._name] = {"samples": self._count, "sha256": self._sha256.hexdigest()}
         (self.out_dir / f"{self._name}.partial").replace(self.out_dir / self._name)
         self._tar, self._file = None, None
+
+
+class _HashingSink:
+    """A write-only file that feeds every byte to a SHA-256 on the way (the card's per-shard checksum)."""
+
+    def __init__(self, file: BinaryIO, digest: Any) -> None:
+        self.file, self.digest = file, digest
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.file.write(data)
+
+    def flush(self) -> None:
+        self.file.flush()
 
 
 def _is_managed(path: Path) -> bool:
@@ -245,6 +265,9 @@ def write_shards(
     report: ReadReport | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    silence_threshold: float = SILENCE_THRESHOLD,
+    max_duration: float | None = DEFAULT_MAX_DURATION,
+    reject_over_max_duration: bool = False,
 ) -> dict[str, Any]:
     """Write records as ``{split}-NNNNNN.tar`` WebDataset shards plus ``card.json`` and ``rejected.jsonl``.
 
@@ -268,6 +291,10 @@ def write_shards(
         report: the corpus reader's report; its skipped utterances go to ``rejected.jsonl``.
         progress: show a tqdm progress bar.
         overwrite: allow writing into a non-empty directory that holds no ``card.json``.
+        silence_threshold: reject a clip whose peak is below this (full scale 1.0; 0 keeps silence).
+        max_duration: clips longer than this (seconds) are counted in the card's ``audio_checks`` and warned;
+            ``None`` counts none.
+        reject_over_max_duration: reject those clips instead of keeping them.
 
     Returns:
         The card (also written to ``out_dir/card.json``).
@@ -297,8 +324,8 @@ def write_shards(
     kept_votes: list[dict[str, list[float]]] = []
     train_meta: list[dict[str, Any]] = []  # votes and entropies of the kept train samples, for label_sources
     writer = _SplitShardWriter(out_dir, maxcount)
-    jobs = [AudioJob(str(r.audio_path), sample_rate, min_duration) for r in todo]
-    clipped = 0
+    checks = AudioChecks(silence_threshold, max_duration, reject_over_max_duration)
+    jobs = [checks.job(str(r.audio_path), sample_rate, min_duration) for r in todo]
     try:
         results = ordered_map(process_audio, jobs, workers)
         bar = tqdm(zip(todo, results, strict=True), total=len(todo), disable=not progress, unit="utt", desc="shards")
@@ -312,19 +339,17 @@ def write_shards(
             kept_votes.append(meta["votes"])
             if record.split == "train":
                 train_meta.append({"votes": meta["votes"], "entropy": meta["entropy"]})
-            clipped += res.clipped > 0
+            checks.add(str(record.id), res, sample_rate)
     finally:
         writer.close()
-    if clipped:
-        logger.info("%d utterances had samples outside [-1, 1] after resampling; clipped", clipped)
+    checks.warn(logger)
     sources = common_sources(kept_votes)
-    card = build_card(classes, splits, primary, sources, writer.shards, len(rejected), sample_rate, train_meta)
+    card = build_card(
+        classes, splits, primary, sources, writer.shards, len(rejected), sample_rate, train_meta, writer.info
+    )
+    card["audio_checks"] = checks.card()
     if report is not None:  # what the reader counted but did not reject, kept with the data
-        card["reader"] = {
-            "skipped": len(report.skipped),
-            "ignored_labels": dict(sorted(report.ignored_labels.items())),
-            "notes": dict(sorted(report.notes.items())),
-        }
+        card["reader"] = report.card()
     _write_text(out_dir / REJECTED_NAME, "".join(_dumps(r) + "\n" for r in rejected))
     _write_text(out_dir / CARD_NAME, json.dumps(card, indent=2, allow_nan=False) + "\n")
     return card
@@ -340,15 +365,17 @@ def refresh_card(shard_dir: str | Path) -> dict[str, Any]:
     shard_dir = Path(shard_dir)
     old = read_card(shard_dir)
     splits = list(old["shards"])
-    metas = {s: list(iter_shard_meta(shard_dir, s)) for s in splits}
+    metas = {s: list(iter_shard_meta(shard_dir, s, sources=(PRIMARY,))) for s in splits}
+    shard_info = {name: describe_shard(shard_dir / name) for s in splits for name in old["shards"][s]}
     primary = {s: [m["votes"][PRIMARY] for m in metas[s]] for s in splits}
     sources = common_sources([m["votes"] for s in splits for m in metas[s]])
     card = build_card(
         tuple(old["classes"]), splits, primary, sources, old["shards"], old["rejected"], old["sample_rate"],
-        metas.get("train", []),
+        metas.get("train", []), shard_info,
     )
-    if "reader" in old:
-        card["reader"] = old["reader"]
+    for key in ("audio_checks", "reader"):  # counted from the original audio / reader: kept as written
+        if key in old:
+            card[key] = old[key]
     _write_text(shard_dir / CARD_NAME, json.dumps(card, indent=2, allow_nan=False) + "\n")
     return card
 

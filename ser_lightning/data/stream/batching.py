@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -167,19 +167,29 @@ class Collate:
     ``targets`` (B, C) float32 distributions of the label source, ``votes`` (B, C) float32 vote counts
     of that source (NaN where a sample has none), ``entropy`` (B,) float64: each sample's stored exact
     entropy of the label source in nats (``meta["entropy"][label_source]``, what the ambiguity bins use),
-    ``vad`` (B, 3) float32 (NaN when absent), ``ids`` and ``transcripts`` (lists of str), and with a
-    tokenizer ``text_input_ids`` / ``text_attention_mask`` (B, L) long.
+    ``vad`` (B, 3) float32 (NaN when absent), ``ids``, ``transcripts`` and ``speakers`` (lists of str),
+    ``augmented`` (B,) bool (a DiME mix or a cropped clip: not the stored utterance, so no per-id cache), with a
+    tokenizer ``text_input_ids`` / ``text_attention_mask`` (B, L) long, and whatever ``batch_transform`` adds.
 
     Args:
         label_source: key of ``meta["votes"]`` holding the votes that match ``target``.
         tokenizer: a Hugging Face tokenizer (callable on a list of strings) or ``None``.
         max_text_length: truncation length for the tokenized transcripts.
+        batch_transform: the model's own featurisation (e.g. a processor), run here in the loader workers:
+            called with the collated batch, its returned keys are added to it.
     """
 
-    def __init__(self, label_source: str = "primary", tokenizer: Any | None = None, max_text_length: int = 64) -> None:
+    def __init__(
+        self,
+        label_source: str = "primary",
+        tokenizer: Any | None = None,
+        max_text_length: int = 64,
+        batch_transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
         self.label_source = label_source
         self.tokenizer = tokenizer
         self.max_text_length = max_text_length
+        self.batch_transform = batch_transform
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         """Collate ``samples`` (decoded dicts with ``id``, ``audio``, ``meta``, ``target``) into a batch dict."""
@@ -202,6 +212,8 @@ class Collate:
             "vad": torch.from_numpy(np.stack([_vad(s["meta"]) for s in samples])),
             "ids": [str(s["id"]) for s in samples],
             "transcripts": [str(s["meta"].get("transcript") or "") for s in samples],
+            "speakers": [str(s["meta"].get("speaker") or "") for s in samples],
+            "augmented": torch.tensor([bool(s["meta"].get("dime") or s.get("cropped")) for s in samples]),
         }
         if self.tokenizer is not None:
             tokens = self.tokenizer(
@@ -213,6 +225,8 @@ class Collate:
             )
             batch["text_input_ids"] = tokens["input_ids"].long()
             batch["text_attention_mask"] = tokens["attention_mask"].long()
+        if self.batch_transform is not None:
+            batch.update(self.batch_transform(batch))
         return batch
 
     def _entropy(self, sample: dict[str, Any]) -> float:

@@ -17,7 +17,13 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from ser_lightning.data.shards.card import iter_shard_meta, label_source_stats, read_card, read_durations
+from ser_lightning.data.shards.card import (
+    iter_shard_meta,
+    label_source_stats,
+    read_card,
+    read_durations,
+    verify_shards,
+)
 from ser_lightning.data.stream.batching import Collate, expected_batch_size
 from ser_lightning.data.stream.pipeline import AugmentStage, EvalStream, StreamConfig, TrainStream, rank_world
 
@@ -35,24 +41,56 @@ class EpochDataLoader(DataLoader):
     number of earlier passes without a trainer. Workers are started afresh for each pass
     (``persistent_workers=False``) so they receive the new epoch.
 
+    Stateful for Lightning (``state_dict`` / ``load_state_dict``, saved in every checkpoint): the state is
+    ``position_fn()``, the epoch the stream is in and the batches of it trained so far. The first pass after
+    ``load_state_dict`` follows that epoch (not ``epoch_fn``, which Lightning has not advanced yet when it
+    resumes from an end-of-epoch checkpoint) and calls ``dataset.resume(batches)`` (the stream replays and drops
+    them), so a run resumed mid-epoch continues at the sample where it stopped.
+
     Args:
-        dataset: an iterable dataset with ``set_epoch(int)``.
+        dataset: an iterable dataset with ``set_epoch(int)`` (and ``resume(int)`` to resume mid-epoch).
         epoch_fn: returns the current epoch, or ``None`` to fall back to counting passes.
+        position_fn: returns ``(epoch, batches of it trained so far)`` (saved by ``state_dict``).
         **kwargs: passed to :class:`torch.utils.data.DataLoader`.
     """
 
-    def __init__(self, dataset: Any, epoch_fn: Callable[[], int | None] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        dataset: Any,
+        epoch_fn: Callable[[], int | None] | None = None,
+        position_fn: Callable[[], tuple[int, int]] | None = None,
+        **kwargs: Any,
+    ) -> None:
         if kwargs.get("persistent_workers"):
             raise ValueError("EpochDataLoader needs persistent_workers=False to hand each pass its epoch")
         super().__init__(dataset, **kwargs)
         self.epoch_fn = epoch_fn
+        self.position_fn = position_fn
         self.passes = 0
+        self.epoch = 0
+        self._resume: dict[str, int] | None = None
 
     def __iter__(self) -> Any:
         epoch = self.epoch_fn() if self.epoch_fn is not None else None
-        self.dataset.set_epoch(self.passes if epoch is None else epoch)
+        skip = 0
+        if self._resume is not None:  # first pass after a restart: the saved position
+            epoch, skip = self._resume["epoch"], self._resume["batches"]
+            self._resume = None
+        self.epoch = self.passes if epoch is None else epoch
+        self.dataset.set_epoch(self.epoch)
+        if hasattr(self.dataset, "resume"):
+            self.dataset.resume(skip)
         self.passes += 1
         return super().__iter__()
+
+    def state_dict(self) -> dict[str, int]:
+        """The epoch of the stream and the batches of it trained so far (what a resumed run skips)."""
+        epoch, batches = self.position_fn() if self.position_fn is not None else (self.epoch, 0)
+        return {"epoch": int(epoch), "batches": int(batches)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume: the next pass follows the saved epoch and continues after the saved number of batches."""
+        self._resume = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
 
 
 class SERDataModule(L.LightningDataModule):
@@ -70,6 +108,8 @@ class SERDataModule(L.LightningDataModule):
     ``targets`` (B, C) float32, ``votes`` (B, C) float32, ``entropy`` (B,) float64 (nats: the sample's
     stored entropy of the label source), ``vad`` (B, 3) float32 (NaN when absent), ``ids`` and
     ``transcripts`` (list[str]), and with a tokenizer ``text_input_ids`` and ``text_attention_mask`` (B, L) long.
+    Evaluation batches also carry ``skipped`` (what the stream skipped, with reasons; see ``EvalStream``), which
+    the model adds to the samples it scored and compares with :meth:`eval_expectation` at the end of a pass.
 
     Args:
         shards: directory with ``card.json`` and the ``{split}-NNNNNN.tar`` shards.
@@ -94,6 +134,8 @@ class SERDataModule(L.LightningDataModule):
         predict_split: split used by ``predict_dataloader``.
         augment: optional stage over decoded training samples, inserted right after decoding
             (e.g. DiME-Aug's ``DimeMixer``), implementing :class:`~ser_lightning.data.stream.pipeline.AugmentStage`.
+        allow_partial_eval: when a validation or test pass scores (plus skips) fewer samples than the card
+            lists, only warn and mark the metrics ``complete: false`` instead of stopping the run with an error.
     """
 
     def __init__(
@@ -115,6 +157,7 @@ class SERDataModule(L.LightningDataModule):
         test_split: str = "test",
         predict_split: str = "test",
         augment: AugmentStage | None = None,
+        allow_partial_eval: bool = False,
     ) -> None:
         super().__init__()
         _check_positive(sample_rate=sample_rate, max_batch_seconds=max_batch_seconds, max_batch_size=max_batch_size)
@@ -141,7 +184,9 @@ class SERDataModule(L.LightningDataModule):
         self.max_text_length = max_text_length
         self.splits = {"val": val_split, "test": test_split, "predict": predict_split}
         self.augment = augment
+        self.allow_partial_eval = allow_partial_eval
         self.tokenizer: Any | None = None
+        self.batch_transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None
         self._card: dict[str, Any] | None = None
         self._label_stats: dict[str, Any] | None = None
 
@@ -177,19 +222,27 @@ class SERDataModule(L.LightningDataModule):
         counts = None if stats is None else stats["class_counts"]
         return None if counts is None else [float(c) for c in counts]
 
-    def label_stats(self) -> dict[str, Any] | None:
-        """``tertile_edges`` and ``class_counts`` of the label source over the training set (``None``: no train split).
+    @property
+    def train_mean_distribution(self) -> list[float] | None:
+        """Mean target distribution of the label source over the train split (the train-mean reference predictor)."""
+        stats = self.label_stats()
+        mean = None if stats is None else stats.get("mean_distribution")
+        return None if mean is None else [float(p) for p in mean]
 
-        Read from the card's ``label_sources``; a card written before it existed costs one scan of the train
-        split's sample JSON (logged), as will a training set that is not a whole split.
+    def label_stats(self) -> dict[str, Any] | None:
+        """``tertile_edges``, ``class_counts``, ``mean_distribution`` of the label source over the training set.
+
+        ``None``: no train split. Read from the card's ``label_sources``; a card written before it (or its
+        ``mean_distribution``) existed costs one scan of the train split's sample JSON (logged), as will a
+        training set that is not a whole split.
         """
         if self._label_stats is None:
             stats = self.card.get("label_sources", {}).get(self.label_source)
-            if stats is None:
+            if stats is None or "mean_distribution" not in stats:
                 if not self.card.get("shards", {}).get("train"):
                     return None
-                log.info("%s has no label_sources; scanning the train split's sample JSON once", self.shards)
-                meta = iter_shard_meta(self.shards, "train")
+                log.info("%s: the card lacks label_sources; scanning the train split's sample JSON once", self.shards)
+                meta = iter_shard_meta(self.shards, "train", sources=[self.label_source])
                 stats = label_source_stats(meta, [self.label_source], self.num_classes)[self.label_source]
             self._label_stats = stats
         return self._label_stats
@@ -206,12 +259,39 @@ class SERDataModule(L.LightningDataModule):
         """Number of samples of ``split`` according to the card."""
         return int(self.card.get("num_samples", {}).get(split, 0))
 
-    # ---------------------------------------------------------------- model pieces
-    def connect(self, sample_rate: int | None = None, tokenizer: Any | None = None) -> None:
-        """Take the model's sample rate and text tokenizer (an object, or a hub id / local path).
+    def eval_expectation(self, stage: str) -> dict[str, Any]:
+        """What an evaluation pass (``stage``: ``val``/``test``) must account for, read by the model at epoch end.
 
-        Call before the dataloaders are built (LightningCLI: after instantiation, before ``fit``).
+        ``split``, ``expected`` (the card's sample count), ``allow_partial`` and ``train_mean`` (for the
+        train-mean reference predictor, or ``None``).
         """
+        split = self.splits[stage]
+        return {
+            "split": split,
+            "expected": self.num_samples(split),
+            "allow_partial": bool(self.allow_partial_eval),
+            "train_mean": self.train_mean_distribution,
+        }
+
+    def damaged_shards(self, split: str) -> list[str]:
+        """One message per damaged shard of ``split`` (see :func:`~ser_lightning.data.shards.card.verify_shards`)."""
+        return verify_shards(self.shards, split, self.card)
+
+    # ---------------------------------------------------------------- model pieces
+    def connect(
+        self,
+        sample_rate: int | None = None,
+        tokenizer: Any | None = None,
+        batch_transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
+        """Take the model's sample rate, text tokenizer (an object, or a hub id / local path) and batch transform.
+
+        ``batch_transform`` (picklable) runs on each collated batch in the loader workers and adds its keys (e.g.
+        Qwen2-Audio's processor features). Call before the dataloaders are built (LightningCLI: after
+        instantiation, before ``fit``).
+        """
+        if batch_transform is not None:
+            self.batch_transform = batch_transform
         if sample_rate is not None:
             _check_positive(sample_rate=sample_rate)
             self.sample_rate = int(sample_rate)
@@ -259,7 +339,8 @@ class SERDataModule(L.LightningDataModule):
             seed=self.seed,
             augment=self.augment,
         )
-        return EpochDataLoader(dataset, epoch_fn=self._trainer_epoch, **self._loader_kwargs())
+        position = self._train_position
+        return EpochDataLoader(dataset, epoch_fn=self._trainer_epoch, position_fn=position, **self._loader_kwargs())
 
     def val_dataloader(self) -> DataLoader:
         """Every sample of ``val_split`` exactly once over ranks and workers."""
@@ -289,7 +370,7 @@ class SERDataModule(L.LightningDataModule):
             max_batch_seconds=self.max_batch_seconds,
             max_batch_size=self.max_batch_size,
             bucket_buffer=self.bucket_buffer,
-            collate=Collate(self.label_source, self.tokenizer, self.max_text_length),
+            collate=Collate(self.label_source, self.tokenizer, self.max_text_length, self.batch_transform),
         )
 
     def _loader_kwargs(self) -> dict[str, Any]:
@@ -302,7 +383,18 @@ class SERDataModule(L.LightningDataModule):
         return rank_world()
 
     def _trainer_epoch(self) -> int | None:
-        return None if self.trainer is None else self.trainer.current_epoch
+        # the epoch Lightning hands samplers: on resuming an end-of-epoch checkpoint current_epoch still lags by one
+        return None if self.trainer is None else self.trainer.fit_loop.epoch_progress.current.processed
+
+    def _train_position(self) -> tuple[int, int]:
+        """(epoch, its batches trained so far) where a resumed run's stream goes on; the next epoch once one ends."""
+        if self.trainer is None:
+            return 0, 0
+        loop = self.trainer.fit_loop
+        epoch = max(0, loop.epoch_progress.current.ready - 1)  # ready counts epochs started, at every save point
+        if loop.epoch_loop.batch_progress.is_last_batch:  # saved at the epoch's end (validation, epoch end hooks)
+            return epoch + 1, 0
+        return epoch, loop.epoch_loop.batch_progress.current.processed
 
 
 def _check_positive(**values: float) -> None:

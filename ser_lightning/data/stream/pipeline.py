@@ -11,7 +11,10 @@ batches -> collate, so each sample is seen exactly once over all ranks and worke
 number of shards.
 
 Undecodable samples and unreadable shards are logged and counted by :class:`SkipCounter` (a
-webdataset exception handler) and skipped. Webdataset does the plumbing (shard lists, tar members,
+webdataset exception handler) and skipped; in evaluation each batch carries, under ``skipped``, the
+skips its worker met since its previous batch (and a worker with skips left over after its last batch
+yields one batch of no samples that carries them), so the model can account for every sample of the card.
+Webdataset does the plumbing (shard lists, tar members,
 sample slicing, shuffle buffer, maps with that handler, the epoch cut); kept here is what it lacks, each
 with its reason in a comment: :func:`shard_cycle`, :class:`SkipCounter` and (beside) ``dynamic_batches``
 and ``EpochDataLoader``.
@@ -37,8 +40,11 @@ from torch.utils.data import IterableDataset
 
 from ser_lightning.data import audio_io
 from ser_lightning.data.stream.batching import Collate, dynamic_batches
+from ser_lightning.data.stream.skips import SampleDecodeError, SkipCounter
 
 log = logging.getLogger(__name__)
+
+_LABEL_FIELDS = ("distribution", "entropy")  # of the label source, in every sample JSON
 
 Sample = dict[str, Any]
 
@@ -70,41 +76,6 @@ class AugmentStage(Protocol):
         ...
 
 
-class SampleDecodeError(ValueError):
-    """A shard sample that cannot be turned into a decoded sample dict."""
-
-
-# webdataset's handlers (warn_and_continue ...) neither count skips nor stop a stream where nothing decodes
-class SkipCounter:
-    """A webdataset exception handler that logs, counts and skips bad samples or shards.
-
-    Returns ``True`` (go on) for every exception, so one bad sample never ends a run; raises once
-    ``max_consecutive`` failures happen without a decoded sample in between, so a stream where nothing
-    decodes (wrong paths, a broken corpus) fails loudly instead of spinning forever.
-
-    Args:
-        max_consecutive: failures in a row that end the stream with a ``RuntimeError``.
-    """
-
-    def __init__(self, max_consecutive: float = 1000) -> None:
-        self.max_consecutive = max_consecutive
-        self.count = 0
-        self.consecutive = 0
-
-    def __call__(self, exn: BaseException) -> bool:
-        """Log and count ``exn``; return ``True`` so the pipeline continues."""
-        self.count += 1
-        self.consecutive += 1
-        log.warning("skipped a bad sample or shard (%d skipped in this worker): %s", self.count, exn)
-        if self.consecutive >= self.max_consecutive:
-            raise RuntimeError(f"{self.consecutive} bad samples or shards in a row; last error: {exn}") from exn
-        return True
-
-    def ok(self) -> None:
-        """Note a successfully decoded sample."""
-        self.consecutive = 0
-
-
 # --------------------------------------------------------------------------------------------
 # One sample: decode, resample, crop
 # --------------------------------------------------------------------------------------------
@@ -122,23 +93,28 @@ def decode_sample(raw: Sample, label_source: str = "primary", num_classes: int |
         ``{"id", "audio" (float32 mono), "sample_rate", "meta", "target" (float32 (C,))}``.
 
     Raises:
-        SampleDecodeError: when a member is missing, the audio does not decode or is empty, or the
-            target is absent or not a distribution.
+        SampleDecodeError: when a member is missing, the audio does not decode or is empty, the JSON has
+            no ``distribution`` or ``entropy`` for ``label_source``, or the target is not a distribution.
     """
-    where = f"sample {raw.get('__key__')!r} of {raw.get('__url__', '?')}"
+    key, url = raw.get("__key__"), raw.get("__url__")
     try:
         meta = json.loads(raw["json"])
         audio, sample_rate = sf.read(io.BytesIO(raw["flac"]), dtype="float32", always_2d=True)
-        target = np.asarray(meta["distribution"][label_source], dtype=np.float32)
     except Exception as exn:
-        raise SampleDecodeError(f"{where}: {type(exn).__name__}: {exn}") from exn
+        raise SampleDecodeError(f"{type(exn).__name__}: {exn}", key, url) from exn
+    label = {f: meta[f].get(label_source) if isinstance(meta.get(f), dict) else None for f in _LABEL_FIELDS}
+    if label["distribution"] is None:
+        raise SampleDecodeError(f"JSON has no distribution[{label_source!r}]", key, url)
+    target = np.asarray(label["distribution"], dtype=np.float32)
     audio = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
     if audio.size == 0:
-        raise SampleDecodeError(f"{where}: empty audio")
+        raise SampleDecodeError("empty audio", key, url)
     if target.ndim != 1 or (num_classes is not None and target.size != num_classes):
-        raise SampleDecodeError(f"{where}: target of shape {target.shape}, expected ({num_classes},)")
+        raise SampleDecodeError(f"target of shape {target.shape}, expected ({num_classes},)", key, url)
     if not np.all(np.isfinite(target)) or np.any(target < 0) or target.sum() <= 0:
-        raise SampleDecodeError(f"{where}: target {target.tolist()} is not a distribution")
+        raise SampleDecodeError(f"target {target.tolist()} is not a distribution", key, url)
+    if not isinstance(label["entropy"], int | float):
+        raise SampleDecodeError(f"JSON has no entropy[{label_source!r}] (the ambiguity bins need it)", key, url)
     return {
         "id": str(meta.get("id", raw.get("__key__"))),
         "audio": np.ascontiguousarray(audio),
@@ -183,7 +159,9 @@ def transform_stage(
     max_samples = None if crop_seconds is None else max(1, round(crop_seconds * sample_rate))
     for sample in src:
         audio = resample(sample["audio"], sample["sample_rate"], sample_rate)
-        yield {**sample, "audio": crop(audio, max_samples, rng), "sample_rate": sample_rate}
+        cropped = crop(audio, max_samples, rng)
+        # a shortened clip is no longer the stored utterance: per-utterance caches must not key it by id
+        yield {**sample, "audio": cropped, "sample_rate": sample_rate, "cropped": len(cropped) < len(audio)}
 
 
 # webdataset's ResampledShards draws shards with replacement; this visits each once per round, slots offset
@@ -200,6 +178,11 @@ def shard_cycle(urls: Sequence[str], seed: int, epoch: int, slot: int, slots: in
         order = stream_rng(seed, epoch, rnd).sample(range(n), n)
         for j in range(n):
             yield {"url": urls[order[(start + j) % n]]}
+
+
+def drop(src: Iterable[Any], count: int) -> Iterator[Any]:
+    """Skip the first ``count`` items of ``src`` (a resumed pass replays what was trained before the restart)."""
+    return itertools.islice(src, count, None)
 
 
 def stream_rng(*keys: int) -> random.Random:
@@ -320,12 +303,24 @@ class TrainStream(IterableDataset):
         if augment is not None:
             augment.set_distributed(rank, world_size)  # workers may not see torch.distributed
         self.epoch = 0
+        self.skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose seeded order the next pass follows (also the augment stage's, e.g. DiME λ)."""
         self.epoch = epoch
         if self.augment is not None:
             self.augment.set_epoch(epoch)
+
+    def resume(self, batches: int) -> None:
+        """Drop the first ``batches`` of the next pass (already trained before a restart): the run continues there.
+
+        The DataLoader takes batch ``i`` from worker ``i % W``; each worker drops the batches its stream made
+        among the first ``batches`` (replayed: read and decoded, not collated, to reach the same sample, shuffle
+        buffer and random state) and worker ``p`` plays stream ``(p + batches) % W``. ``0`` turns this off.
+        """
+        self.skip = batches
+        if batches:
+            log.warning("resuming epoch %d of the training stream after %d batches (replayed)", self.epoch, batches)
 
     def __len__(self) -> int:
         return self.batches_per_epoch
@@ -336,8 +331,12 @@ class TrainStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker, num_workers, slot, slots = worker_slot(self.rank, self.world_size)
+        if self.skip:  # the DataLoader's round-robin starts at worker 0, the resumed stream at worker skip % W
+            worker = (worker + self.skip) % num_workers
+            slot = self.rank * num_workers + worker
         count = self.worker_batches(worker, num_workers)
-        if count == 0:
+        skip = len(range(worker, self.skip, num_workers))  # batches i < self.skip with i % num_workers == worker
+        if count - skip <= 0:
             return iter(())
 
         def rng(purpose: int) -> random.Random:
@@ -358,18 +357,23 @@ class TrainStream(IterableDataset):
         stages.append(cfg.decode_stage(skips))
         if self.augment is not None:
             stages.append(self.augment)
-        stages += [cfg.transform_stage(rng(1)), cfg.batch_stage(rng(2)), wds.map(cfg.collate)]
-        return iter(wds.DataPipeline(*stages).with_epoch(nbatches=count))
+        stages += [cfg.transform_stage(rng(1)), cfg.batch_stage(rng(2))]
+        if skip:  # resumed mid-epoch: drop what was trained before the restart
+            stages.append(partial(drop, count=skip))
+        stages.append(wds.map(cfg.collate))
+        return iter(wds.DataPipeline(*stages).with_epoch(nbatches=count - skip))
 
 
 class EvalStream(IterableDataset):
-    """Every sample of a split exactly once over all ranks and workers, in collated batches.
+    """Every sample of a split exactly once over all ranks and workers, in collated batches, skips accounted.
 
     Each (rank, worker) reads all shards in card order and keeps sample ``i`` when
     ``i % world_size == rank`` and ``(i // world_size) % num_workers == worker``: the split is by sample,
     so it holds for splits with fewer shards than ranks x workers, and samples go to ranks first, so every
     rank has data as soon as the split has ``world_size`` samples. Ranks may get different numbers of
-    batches; nothing is padded or repeated.
+    batches; nothing is padded or repeated. Every batch has ``skipped``: the :func:`skip_record` of each
+    sample or shard this worker skipped since its previous batch; skips left after the last batch come
+    in one more batch ``{"ids": [], "skipped": [...]}`` without samples.
 
     Args:
         urls: the split's shard paths in a fixed order.
@@ -387,7 +391,7 @@ class EvalStream(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker, _, _, slots = worker_slot(self.rank, self.world_size)
         slot = worker * self.world_size + self.rank  # rank-major: sample i -> rank i % world_size
-        skips = SkipCounter(max_consecutive=math.inf)  # a finite stream: skip whatever is bad, count it
+        skips = SkipCounter(max_consecutive=math.inf, keep=True)  # a finite stream: skip whatever is bad, count it
         cfg = self.config
         pipeline = wds.DataPipeline(
             wds.SimpleShardList(self.urls),
@@ -398,6 +402,11 @@ class EvalStream(IterableDataset):
             cfg.batch_stage(None),
             wds.map(cfg.collate),
         )
-        yield from pipeline
+        for batch in pipeline:
+            batch["skipped"] = skips.drain()
+            yield batch
+        left = skips.drain()
+        if left:  # a worker whose last samples were all skipped still reports them
+            yield {"ids": [], "skipped": left}
         if skips.count:
             log.warning("rank %d worker slot %d skipped %d bad samples or shards", self.rank, slot, skips.count)

@@ -115,3 +115,21 @@ def test_unknown_sentence_code_names_file_and_line(crema_root: tuple[Path, list[
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     with pytest.raises(ValueError, match=rf"tabulatedVotes.csv:{line_no}: unknown sentence code 'XYZ'"):
         read_crema_d(root)
+
+
+def test_non_finite_or_undecodable_rows_name_file_and_line(crema_root: tuple[Path, list[dict]]) -> None:
+    root, voice = crema_root
+    path = root / "processedResults" / "tabulatedVotes.csv"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    header = next(csv.reader([lines[0]]))
+    line_no = next(i for i, line in enumerate(lines, start=1) if f'"{voice[2]["fileName"]}"' in line)
+    row = next(csv.reader([lines[line_no - 1]]))
+    # nan votes with a nan total passed the numResponses check (nan comparisons are False)
+    row[header.index("A")] = row[header.index("numResponses")] = "nan"
+    bad = [*lines[: line_no - 1], ",".join(row), *lines[line_no:]]
+    path.write_text("\n".join(bad) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"tabulatedVotes.csv:{line_no}: vote counts must be finite"):
+        read_crema_d(root)
+    path.write_bytes(("\n".join(lines[:line_no]) + "\n").encode() + b'1,"caf\xe9"\n')
+    with pytest.raises(ValueError, match=rf"tabulatedVotes.csv:{line_no + 1}: not utf-8 text"):
+        read_crema_d(root)

@@ -70,6 +70,32 @@ def test_iemocap4x_excited_and_plurality(iemocap_root: Path) -> None:
     assert F003 not in recs
     assert "Frustration" in report.skipped[F003]
     assert report.ignored_labels == Counter({"Frustration": 2, "Surprise": 1})
+    # the plurality rule drops votes by definition: their shares are counted, per tag
+    assert report.out_of_set_votes == "drop"
+    assert report.dropped_votes == Counter({"Frustration": 1.5, "Surprise": 1.0})
+    assert report.utterances_with_dropped_votes == 2
+
+
+def test_iemocap4_rejects_outside_tags_unless_dropping_is_asked(iemocap_root: Path) -> None:
+    _, report = read_iemocap(iemocap_root)
+    assert report.out_of_set_votes == "reject"
+    assert report.skipped[F001].startswith("votes outside class set iemocap4: Frustration=1.5 (pass --drop-out")
+    assert not report.dropped_votes
+    records, report = read_iemocap(iemocap_root, drop_out_of_set_votes=True)
+    recs = _by_id(records)
+    assert {F001, F002, F003} <= set(recs)
+    np.testing.assert_allclose(recs[F001].votes["primary"], [1.5, 0, 0, 0])
+    np.testing.assert_allclose(recs[F002].votes["primary"], [0, 0.5, 0, 0])
+    np.testing.assert_allclose(recs[F003].votes["primary"], [1, 0, 0, 0])
+    assert report.dropped_votes == Counter({"Frustration": 3.5, "Excited": 1.5, "Surprise": 1.0})
+    assert report.utterances_with_dropped_votes == 3
+
+
+def test_undecodable_transcript_names_file_and_line(iemocap_root: Path) -> None:
+    path = iemocap_root / "Session2" / "dialog" / "transcriptions" / "Ses02M_script01_1.txt"
+    path.write_bytes(path.read_bytes() + b"Ses02M_script01_1_M000 [003.0000-004.0000]: Ol\xe9.\n")
+    with pytest.raises(ValueError, match=r"Ses02M_script01_1.txt:2: not utf-8 text"):
+        read_iemocap(iemocap_root)
 
 
 def test_self_ratings_included(iemocap_root: Path) -> None:

@@ -63,11 +63,23 @@ def test_csv_rater_labels_and_root(tmp_path: Path, wav_dir: Path) -> None:
         "audio,labels,split\nwav/a.wav,Anger;Anger;Frustration,test\nwav/b.wav,Neutral state; Happiness,train\n",
         encoding="utf-8",
     )
-    records, report = read_manifest(path, ["Anger", "Happiness", "Neutral", "Sadness"], root=wav_dir)
+    classes = ["Anger", "Happiness", "Neutral", "Sadness"]
+    # By default a row with a label outside the class set is rejected, with the labels in the reason.
+    records, report = read_manifest(path, classes, root=wav_dir)
+    assert records == []
+    assert report.out_of_set_votes == "reject"
+    assert report.skipped["a"].startswith("votes outside class set custom: Frustration=1 (")
+    assert report.skipped["b"].startswith("votes outside class set custom: Neutral state=1 (")
+    assert not report.dropped_votes
+    # Opting in keeps the rows without those votes, and counts what was dropped.
+    records, report = read_manifest(path, classes, root=wav_dir, drop_out_of_set_votes=True)
     recs = _by_id(records)
     np.testing.assert_allclose(recs["a"].votes["primary"], [2, 0, 0, 0])
     np.testing.assert_allclose(recs["b"].votes["primary"], [0, 1, 0, 0])  # "Neutral state" is no class here
     assert report.ignored_labels == Counter({"Frustration": 1, "Neutral state": 1})
+    assert report.dropped_votes == Counter({"Frustration": 1.0, "Neutral state": 1.0})
+    assert report.utterances_with_dropped_votes == 2
+    assert report.out_of_set_votes == "drop"
     # With the registered class set the corpus alias maps.
     recs = _by_id(read_manifest(path, "iemocap4", root=wav_dir)[0])
     np.testing.assert_allclose(recs["b"].votes["primary"], [0, 1, 1, 0])
@@ -102,7 +114,7 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def test_jsonl_votes_labels_vad(wav_dir: Path) -> None:
-    records, report = read_manifest(_write_jsonl(wav_dir / "m.jsonl", JSONL_ROWS), "msp8")
+    records, report = read_manifest(_write_jsonl(wav_dir / "m.jsonl", JSONL_ROWS), "msp8", drop_out_of_set_votes=True)
     recs = _by_id(records)
     assert list(recs) == ["x", "why", "z"]
     np.testing.assert_allclose(recs["x"].votes["primary"], [2, 0, 0, 0, 0, 0, 0, 1])
@@ -115,12 +127,20 @@ def test_jsonl_votes_labels_vad(wav_dir: Path) -> None:
     assert recs["z"].transcript == "hi"
     assert recs["x"].speaker == "s1"
     assert report.ignored_labels == Counter({"Other": 1, "Boredom": 2})
+    assert report.dropped_votes == Counter({"Other": 1, "Boredom": 1})  # of kept rows only (not w)
+    assert report.utterances_with_dropped_votes == 2
     assert report.skipped["missing"].startswith("audio file missing")
     assert report.skipped["w"] == "no vote inside the class set msp8"
+    # Without the opt-in, x (Other) and z (Boredom) are rejected instead.
+    records, report = read_manifest(wav_dir / "m.jsonl", "msp8")
+    assert [r.id for r in records] == ["why"]
+    assert report.skipped["x"].startswith("votes outside class set msp8: Other=1 (pass --drop-out-of-set-votes")
+    assert report.skipped["z"].startswith("votes outside class set msp8: Boredom=1 (")
 
 
 def test_random_split(wav_dir: Path) -> None:
-    records, _ = read_manifest(_write_jsonl(wav_dir / "m.jsonl", JSONL_ROWS), "msp8", split="random", seed=2)
+    path = _write_jsonl(wav_dir / "m.jsonl", JSONL_ROWS)
+    records, _ = read_manifest(path, "msp8", split="random", seed=2, drop_out_of_set_votes=True)
     assert {r.id: r.split for r in records} == random_split(["x", "why", "z"], seed=2)
 
 
@@ -162,3 +182,56 @@ def test_file_level_errors(wav_dir: Path) -> None:
         read_manifest(csv_path, "iemocap4")
     with pytest.raises(ValueError, match=r"must end in .csv, .jsonl"):
         read_manifest(wav_dir / "m.tsv", "iemocap4")
+
+
+ISSUE_CSV = (
+    "audio,split,Angry,Happy,Sad,Neutral,Surprise,age\nwav/a.wav,train,0,0,0,1,9,41\nwav/b.wav,train,2,0,0,1,,30\n"
+)
+
+
+def test_csv_vote_column_outside_class_set_is_not_a_silent_neutral_target(wav_dir: Path) -> None:
+    """The fault of issue 15: Surprise 9 + Neutral 1 with Angry,Happy,Sad,Neutral became 100 % Neutral."""
+    path = wav_dir / "m.csv"
+    path.write_text(ISSUE_CSV, encoding="utf-8")
+    classes = "Angry,Happy,Sad,Neutral"
+    records, report = read_manifest(path, classes)
+    assert [r.id for r in records] == ["b"]  # b's Surprise cell is empty: nothing outside
+    assert report.skipped == {"a": report.skipped["a"]}
+    assert report.skipped["a"].startswith("votes outside class set custom: Surprise=9 (")
+    assert report.notes == Counter({"unused_column:age": 1})  # not an emotion: not a vote column
+    records, report = read_manifest(path, classes, drop_out_of_set_votes=True)
+    recs = _by_id(records)
+    np.testing.assert_allclose(recs["a"].votes["primary"], [0, 0, 0, 1])
+    assert report.dropped_votes == Counter({"Surprise": 9.0})
+    assert report.utterances_with_dropped_votes == 1
+
+
+def test_jsonl_vote_dict_outside_class_set(wav_dir: Path) -> None:
+    row = {"audio": "clips/x.wav", "votes": {"Surprise": 9, "Neutral": 1, "Angry": 0}, "split": "train"}
+    path = _write_jsonl(wav_dir / "m.jsonl", [row])
+    records, report = read_manifest(path, "Angry,Happy,Sad,Neutral")
+    assert records == []
+    assert "Surprise=9" in report.skipped["x"]
+    records, report = read_manifest(path, "Angry,Happy,Sad,Neutral", drop_out_of_set_votes=True)
+    np.testing.assert_allclose(records[0].votes["primary"], [0, 0, 0, 1])
+    assert report.dropped_votes == Counter({"Surprise": 9.0})
+    # a zero count outside the set loses nothing and is no reason to reject
+    path = _write_jsonl(wav_dir / "z.jsonl", [{**row, "votes": {"Surprise": 0, "Neutral": 1}}])
+    records, report = read_manifest(path, "Angry,Happy,Sad,Neutral")
+    assert [r.id for r in records] == ["x"]
+    assert not report.skipped
+
+
+def test_undecodable_and_malformed_text_name_file_and_line(wav_dir: Path) -> None:
+    path = wav_dir / "bad.jsonl"
+    good = json.dumps(JSONL_ROWS[1]).encode()
+    path.write_bytes(good + b"\n" + good + b"\n" + b'{"audio": "caf\xe9.wav"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:3: not utf-8 text"):
+        read_manifest(path, "msp8")
+    csv_path = wav_dir / "bad.csv"
+    csv_path.write_bytes(b"audio,labels,split\nwav/a.wav,Sad,train\nwav/b.wav,Tr\xeariste,train\n")
+    with pytest.raises(ValueError, match=r"bad.csv:3: not utf-8 text"):
+        read_manifest(csv_path, "msp8")
+    csv_path.write_text('audio,labels,split\nwav/a.wav,Sad,train\nwav/b.wav,"' + "x" * 200_000 + '",train\n')
+    with pytest.raises(ValueError, match=r"bad.csv:3: malformed CSV \(field larger than field limit"):
+        read_manifest(csv_path, "msp8")

@@ -26,7 +26,7 @@ def _by_id(records):
 
 
 def test_primary_and_merged_votes_msp8(msp_root: Path) -> None:
-    records, report = read_msp_podcast(msp_root)
+    records, report = read_msp_podcast(msp_root, drop_out_of_set_votes=True)
     recs = _by_id(records)
     assert list(recs) == [U0008, U0019, U0033, U0004, U0005]
     # 0008: majors Neutral x3, Happy, Other-Curious (not in msp8: ignored, counted as "Other").
@@ -44,7 +44,23 @@ def test_primary_and_merged_votes_msp8(msp_root: Path) -> None:
     assert "no primary vote inside class set msp8" in report.skipped[U0003]
     assert "labels_detailed.csv" in report.skipped[U0006]
     assert report.ignored_labels == Counter({"Other": 4})
+    assert report.dropped_votes == Counter({"Other": 1.0})  # only 0008 is kept with an Other vote
+    assert report.utterances_with_dropped_votes == 1
     assert report.notes["detailed_without_consensus"] == 1
+
+
+def test_primary_vote_outside_class_set_rejects_by_default(msp_root: Path) -> None:
+    """0008 (Neutral x3, Happy, Other-Curious) must not silently become a 4-vote msp8 target."""
+    records, report = read_msp_podcast(msp_root)
+    assert U0008 not in _by_id(records)
+    assert report.out_of_set_votes == "reject"
+    assert report.skipped[U0008].startswith("votes outside class set msp8: Other=1 (pass --drop-out-of-set-votes")
+    assert "no primary vote inside class set msp8" in report.skipped[U0003]
+    assert not report.dropped_votes
+    # with msp9 nothing is outside the set: nothing is rejected for it
+    records, report = read_msp_podcast(msp_root, "msp9")
+    assert U0008 in _by_id(records)
+    assert not any("outside class set" in r for r in report.skipped.values())
 
 
 def test_msp9_keeps_other(msp_root: Path) -> None:
@@ -59,13 +75,13 @@ def test_msp9_keeps_other(msp_root: Path) -> None:
 
 
 def test_secondary_weight(msp_root: Path) -> None:
-    recs = _by_id(read_msp_podcast(msp_root, secondary_weight=0.5)[0])
+    recs = _by_id(read_msp_podcast(msp_root, secondary_weight=0.5, drop_out_of_set_votes=True)[0])
     np.testing.assert_allclose(recs[U0008].votes["merged"], [0, 0, 1.5, 0.5, 0, 0, 0, 4.5])
     np.testing.assert_allclose(recs[U0008].votes["primary"], [0, 0, 1, 0, 0, 0, 0, 3])
 
 
 def test_vad_speaker_transcript_audio(msp_root: Path) -> None:
-    records, report = read_msp_podcast(msp_root)
+    records, report = read_msp_podcast(msp_root, drop_out_of_set_votes=True)
     recs = _by_id(records)
     # Per-rater means: val (4+5+4+3+4)/5, act (4+4+5+4+4)/5, dom (4+4+5+4+5)/5 -> [val, act, dom].
     np.testing.assert_allclose(recs[U0008].vad, [4.0, 4.2, 4.4])
@@ -93,7 +109,7 @@ def test_official_split_mapping(msp_root: Path) -> None:
 
 
 def test_folds_split(msp_root: Path) -> None:
-    records, _ = read_msp_podcast(msp_root, split="folds", fold=2, seed=5)
+    records, _ = read_msp_podcast(msp_root, split="folds", fold=2, seed=5, drop_out_of_set_votes=True)
     ids = [r.id for r in records]
     assert {r.id: r.split for r in records} == fold_split(ids, folds=5, fold=2, seed=5)
     assert Counter(r.split for r in records) == Counter({"train": 3, "val": 1, "test": 1})
@@ -124,3 +140,13 @@ def test_bad_detailed_rows(msp_root: Path) -> None:
     path.write_text(original.replace("EmoClass_Second,", ""), encoding="utf-8")
     with pytest.raises(ValueError, match=r"labels_detailed.csv:1: missing column\(s\) \['EmoClass_Second'\]"):
         read_msp_podcast(msp_root)
+
+
+def test_undecodable_transcript_and_label_rows_name_the_file(msp_root: Path) -> None:
+    (msp_root / "Transcripts" / "MSP-PODCAST_0001_0019.txt").write_bytes(b"caf\xe9\n")
+    with pytest.raises(ValueError, match=r"MSP-PODCAST_0001_0019.txt:1: not utf-8 text"):
+        read_msp_podcast(msp_root, "msp9")
+    path = msp_root / "Labels" / "labels_detailed.csv"
+    path.write_bytes(path.read_bytes().replace(b"WORKER00006,Happy", b"WORKER00006,H\xe4ppy"))
+    with pytest.raises(ValueError, match=r"labels_detailed.csv:8: not utf-8 text"):
+        read_msp_podcast(msp_root, "msp9")

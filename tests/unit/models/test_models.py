@@ -177,3 +177,25 @@ def test_figures_render_without_pyplot():
         canvas = FigureCanvasAgg(fig)
         canvas.draw()
         assert np.asarray(canvas.buffer_rgba()).shape[2] == 4
+
+
+def test_eval_batches_tally_skips_and_score_the_reference_predictors_on_the_scored_samples():
+    """A batch of only skipped records is tallied, never scored; reference JS is scipy's on the scored targets."""
+    from scipy.spatial.distance import jensenshannon
+
+    model = _wavlm().eval()
+    mean = [0.4, 0.3, 0.2, 0.1]
+    model._expectation["test"] = {"split": "test", "expected": 5, "allow_partial": False, "train_mean": mean}
+    batch = {**_batch(), "skipped": [{"key": "k1", "shard": "s.tar", "reason": "bad flac"}]}
+    with torch.no_grad():
+        model.test_step(batch, 0)
+        model.test_step({"ids": [], "skipped": [{"key": None, "shard": "s.tar", "reason": "ReadError"}]}, 1)
+        assert model.predict_step({"ids": [], "skipped": []}, 0) == []
+    tally = model._tally["test"]
+    assert (tally["batches"], tally["scored"], len(tally["skipped"])) == (2, 4, 2)
+    targets = batch["targets"].double().numpy()
+    uniform = sum(jensenshannon(np.full(4, 0.25), t, base=2) ** 2 for t in targets)
+    train_mean = sum(jensenshannon(np.array(mean), t, base=2) ** 2 for t in targets)
+    assert tally["uniform_js"] == pytest.approx(uniform, abs=1e-12)
+    assert tally["train_mean_js"] == pytest.approx(train_mean, abs=1e-12)
+    assert model.eval_metrics["test"].compute()["count"].item() == 4

@@ -120,8 +120,10 @@ def test_datamodule_batches_with_tokenizer_from_connect(shard_dir, tiny_tokenize
     batches = list(dm.test_dataloader())
     assert sorted(i for b in batches for i in b["ids"]) == [f"test.{n:04d}" for n in range(10)]
     batch = batches[0]
-    expected = {"audio", "audio_mask", "targets", "votes", "entropy", "vad", "ids", "transcripts"}
-    assert set(batch) == expected | {"text_input_ids", "text_attention_mask"}
+    expected = {"audio", "audio_mask", "targets", "votes", "entropy", "vad", "ids", "transcripts", "speakers"}
+    expected |= {"augmented"}
+    assert set(batch) == expected | {"text_input_ids", "text_attention_mask", "skipped"}
+    assert batch["skipped"] == []  # what the stream skipped since the previous batch: nothing here
     assert batch["text_input_ids"].shape == (len(batch["ids"]), 3)  # truncated to max_text_length
     assert batch["text_input_ids"][0].tolist() == tiny_tokenizer(batch["transcripts"][0])["input_ids"][:3]
     assert batch["text_input_ids"][0, 0] == 2  # "utterance"
@@ -149,3 +151,37 @@ def test_datamodule_train_loader_follows_the_seed(shard_dir):
     assert a1 == b1
     assert a0 != a1
     assert a0 != c0
+
+
+class _AddLength:
+    """A picklable batch transform like a model's processor: adds a key computed from the collated batch."""
+
+    def __call__(self, batch):
+        return {"valid_samples": batch["audio_mask"].sum(-1)}
+
+
+def test_batch_transform_from_connect_runs_in_the_workers_and_adds_its_keys(shard_dir):
+    dm = SERDataModule(str(shard_dir), num_workers=1, max_batch_size=4, crop_seconds=None)
+    dm.connect(sample_rate=8000, batch_transform=_AddLength())
+    dm.setup("test")
+    batches = list(dm.test_dataloader())
+    scored = [b for b in batches if b["ids"]]
+    assert sum(len(b["ids"]) for b in scored) == 10
+    for batch in scored:
+        assert batch["valid_samples"].tolist() == batch["audio_mask"].sum(-1).tolist()
+        assert batch["augmented"].dtype == torch.bool
+        assert not batch["augmented"].any()  # stored clips, uncropped: a per-utterance cache may key them by id
+        assert len(batch["speakers"]) == len(batch["ids"])
+
+
+def test_a_cropped_clip_is_marked_augmented(shard_dir):
+    dm = SERDataModule(str(shard_dir), num_workers=0, max_batch_size=16, crop_seconds=0.25)
+    dm.connect(sample_rate=8000)
+    dm.setup("test")
+    for batch in dm.test_dataloader():
+        if not batch["ids"]:
+            continue
+        lengths = batch["audio_mask"].sum(-1)
+        # fixture clips last 0.2-1.5 s: those the crop shortened are no longer the stored utterance
+        assert batch["augmented"].any()
+        assert (lengths[batch["augmented"]] == 2000).all()

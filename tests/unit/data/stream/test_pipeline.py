@@ -3,7 +3,9 @@
 import io
 import json
 import random
+import tarfile
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,7 +36,12 @@ def flac_bytes(audio, rate=RATE):
 
 
 def _raw(audio_bytes, meta=None, key="a_1"):
-    meta = meta or {"id": "a.1", "distribution": {"primary": [1, 1, 0, 2]}, "votes": {"primary": [1, 1, 0, 2]}}
+    meta = meta or {
+        "id": "a.1",
+        "distribution": {"primary": [1, 1, 0, 2]},
+        "votes": {"primary": [1, 1, 0, 2]},
+        "entropy": {"primary": 1.0397},
+    }
     return {"__key__": key, "__url__": "x.tar", "flac": audio_bytes, "json": json.dumps(meta).encode()}
 
 
@@ -81,7 +88,8 @@ def test_decode_sample_downmixes_stereo():
     ("raw", "match"),
     [
         (_raw(b"garbage bytes" * 10), "LibsndfileError|Error"),
-        (_raw(flac_bytes(tone(0.1)), {"id": "x", "distribution": {}}), "KeyError"),
+        (_raw(flac_bytes(tone(0.1)), {"id": "x", "distribution": {}}), r"'a_1' of x.tar: JSON has no distribution"),
+        (_raw(flac_bytes(tone(0.1)), {"id": "x", "distribution": {"primary": [1, 0, 0, 0]}}), "no entropy"),
         (_raw(flac_bytes(tone(0.1)), {"id": "x", "distribution": {"primary": [0, 0, 0, 0]}}), "not a distribution"),
         (_raw(flac_bytes(tone(0.1)), {"id": "x", "distribution": {"primary": [1, 2]}}), "shape"),
         ({"__key__": "k", "json": b"{}"}, "flac"),
@@ -189,6 +197,38 @@ def test_eval_stream_skips_and_counts_undecodable_samples(make_shards, caplog):
     assert sorted(ids) == ["val.0000", "val.0001", "val.0003", "val.0004", "val.0005"]
     assert "val.0002" in caplog.text.replace("_", ".")
     assert "skipped 1 bad" in caplog.text
+
+
+def test_eval_batches_carry_each_skip_once_and_a_worker_left_with_skips_still_delivers_them(make_shards):
+    shards = make_shards({"val": [3, 1]}, corrupt=["val.0001", "val.0003"])
+    paths = _paths(shards, "val")
+    # two ranks: rank 1 gets val.0001 and val.0003 only, both undecodable, so it yields one batch of no samples
+    by_rank = [list(EvalStream(paths, _config(), rank=r, world_size=2)) for r in (0, 1)]
+    assert [i for b in by_rank[0] for i in b["ids"]] == ["val.0000", "val.0002"]
+    assert [b["skipped"] for b in by_rank[0]] == [[]]
+    (only,) = by_rank[1]
+    assert only["ids"] == []
+    assert "targets" not in only
+    assert [(r["key"], Path(r["shard"]).name) for r in only["skipped"]] == [
+        ("val_0001", "val-000000.tar"),
+        ("val_0003", "val-000001.tar"),
+    ]
+    assert all(r["reason"] for r in only["skipped"])
+
+
+def test_eval_stream_names_the_shard_of_a_tar_cut_inside_a_member(make_shards):
+    shards = make_shards({"val": [4]})
+    (path,) = _paths(shards, "val")
+    with tarfile.open(path) as tar:
+        third_flac = tar.getmembers()[4]
+    with open(path, "r+b") as f:
+        f.truncate(third_flac.offset_data + 10)
+    batches = list(EvalStream([path], _config()))
+    assert sorted(i for b in batches for i in b["ids"]) == ["val.0000", "val.0001"]
+    records = [r for b in batches for r in b["skipped"]]
+    assert records
+    assert {r["shard"] for r in records} == {path}
+    assert any(r["key"] is None and "ReadError" in r["reason"] for r in records)
 
 
 def test_train_stream_yields_exact_batch_count_fresh_and_reproducible_per_epoch(shard_dir):
