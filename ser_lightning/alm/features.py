@@ -1,0 +1,91 @@
+"""Qwen2-Audio processor inputs for a collated batch, computed where decoding runs (the DataModule's workers).
+
+The model hands a :class:`Qwen2AudioFeatures` to the DataModule (``data_requirements()["batch_transform"]``), as
+other models hand over a tokenizer; the DataModule applies it to each collated batch inside its loader workers,
+so mel features and token ids are ready when the batch reaches the GPU. It pickles without the processor and
+rebuilds it lazily in each worker from the backbone (hub id or local directory) or the offline processor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import Tensor
+
+from ser_lightning.alm.prompts import qwen2_audio_inputs
+
+FEATURE_KEYS = ("input_ids", "attention_mask", "input_features", "feature_attention_mask")
+
+
+def load_qwen2_audio_processor(backbone: str | Path) -> Any:
+    """The processor of a hub id or a local directory (read offline), tokenizer right-padded."""
+    from transformers import AutoProcessor
+
+    path = Path(backbone).expanduser()
+    local = path.is_dir()
+    processor = AutoProcessor.from_pretrained(str(path if local else backbone), local_files_only=local)
+    processor.tokenizer.padding_side = "right"
+    return processor
+
+
+class Qwen2AudioFeatures:
+    """Batch transform: ``audio``, ``audio_mask``, ``transcripts`` (and ``speakers``) -> Qwen2-Audio inputs.
+
+    Args:
+        classes: the shards' class names, in order (the prompt's VALID EMOTIONS LIST).
+        backbone: hub id or local directory whose processor to use; ``None`` uses the offline processor.
+        sampling_rate: rate of ``batch["audio"]``; must be the feature extractor's (16 kHz).
+        num_mel_bins: mel bins of the offline processor (``backbone=None``).
+        vocab_size: vocabulary size of the offline processor (``backbone=None``).
+        processor: an already built processor to use in this process (dropped when pickled if it can be rebuilt).
+    """
+
+    def __init__(
+        self,
+        classes: Sequence[str],
+        backbone: str | Path | None = None,
+        sampling_rate: int = 16000,
+        num_mel_bins: int = 128,
+        vocab_size: int = 128,
+        processor: Any | None = None,
+    ) -> None:
+        if len(classes) < 2:
+            raise ValueError(f"need at least two class names, got {list(classes)}")
+        self.classes = list(classes)
+        self.backbone = None if backbone is None else str(backbone)
+        self.sampling_rate = sampling_rate
+        self.num_mel_bins = num_mel_bins
+        self.vocab_size = vocab_size
+        self._processor = processor
+
+    @property
+    def processor(self) -> Any:
+        """The processor, built on first use (in each loader worker)."""
+        if self._processor is None:
+            if self.backbone is not None:
+                self._processor = load_qwen2_audio_processor(self.backbone)
+            else:
+                from ser_lightning.nn.qwen2_audio_random import offline_qwen2_audio_processor
+
+                self._processor = offline_qwen2_audio_processor(self.num_mel_bins, self.vocab_size)
+        return self._processor
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without the processor: workers rebuild it (cheap, and keeps the pickle small)."""
+        state = self.__dict__.copy()
+        state["_processor"] = None
+        return state
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """``input_ids``, ``attention_mask`` (right padded), ``input_features``, ``feature_attention_mask``."""
+        audio, mask = batch["audio"], batch["audio_mask"]
+        lengths = mask.sum(-1).tolist()
+        audios = [np.asarray(audio[i, : int(n)].float().cpu().numpy(), dtype=np.float32) for i, n in enumerate(lengths)]
+        size = len(audios)
+        transcripts = list(batch.get("transcripts") or [""] * size)
+        speakers = list(batch.get("speakers") or [""] * size)
+        out = qwen2_audio_inputs(self.processor, audios, transcripts, speakers, self.classes, self.sampling_rate)
+        return {key: out[key] for key in FEATURE_KEYS}
