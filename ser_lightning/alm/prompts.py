@@ -1,8 +1,10 @@
-"""The Scaling Ambiguity fine-tuning input: system message, distribution prompt, audio, through the chat template.
+"""The Scaling Ambiguity prompts: the fine-tuning input (distribution prompt) and the synthetic annotation prompt.
 
 The prompt text is the method, so it is kept verbatim from the authors' ``model_finetuning/train.py``
 (``create_training_example`` for the prompt, ``EmotionDistributionDataset.__getitem__`` for the system message,
 the text-then-audio order and ``add_generation_prompt=True``). Classes, transcripts and speakers come from the data.
+The annotation prompt is Table 1 of the paper, laid out as the authors' ``synthetic_annotation_generation.ipynb``
+(``create_iemocap_single_emotion_prompt``) does it.
 """
 
 from __future__ import annotations
@@ -112,3 +114,68 @@ def qwen2_audio_inputs(
         padding="longest",
         padding_side="right",
     )
+
+
+# Synthetic annotation (Sec. 2.2, Table 1). The system instruction is the one of the authors' notebook
+# (``call_gemini_with_audio`` in approximated_distribution_generation/synthetic_annotation_generation.ipynb).
+ANNOTATION_SYSTEM_MESSAGE = "You are an expert in emotion analysis who provides accurate emotion judgments."
+
+# Table 1's annotator persona set, in the paper's (and the notebook's ``focus_variations``) order.
+PERSONAS: tuple[str, ...] = (
+    "Focus on both vocal tone and linguistic content.",
+    "Pay special attention to the speaker's tone of voice.",
+    "Consider the word choice and phrasing in the utterance.",
+    "Listen for subtle emotional cues in the voice.",
+    "Analyze both what is said and how it is expressed.",
+)
+
+# Table 1 rows in order: task description, transcription, emotion categories, the numbered instructions (the
+# persona second), output. The notebook's "Speaker:" line is not in Table 1 and annotation requests carry no speaker.
+_ANNOTATION_TEMPLATE = """Listen to the audio and analyze this speech utterance. Think deeply and Select the ONE most \
+dominant emotion present.
+
+Transcript: {transcript}
+
+Possible emotions: {emotions}
+
+Instructions:
+1. {rule1}
+2. {persona}
+3. Think deeply and Select ONLY ONE emotion from the list that best represents the dominant emotional state.
+4. Respond with ONLY the emotion name, nothing else.
+
+Which single emotion best describes this utterance? Select only from: {emotions}"""
+
+
+def annotation_prompt(transcript: str | None, classes: Sequence[str], persona: int) -> str:
+    """Table 1's single-label annotation prompt for one utterance, with persona ``PERSONAS[persona]``.
+
+    A missing or blank transcript gets the authors' audio-only first instruction (their MSP-Podcast prompt).
+    """
+    if len(classes) < 2:
+        raise ValueError(f"the annotation prompt needs at least two classes, got {list(classes)}")
+    if not 0 <= persona < len(PERSONAS):
+        raise ValueError(f"persona must index PERSONAS (0..{len(PERSONAS) - 1}), got {persona}")
+    has_text = transcript is not None and transcript.strip() != ""
+    return _ANNOTATION_TEMPLATE.format(
+        transcript=f'"{transcript.strip()}"' if has_text else "",
+        emotions=", ".join(classes),
+        rule1=_WITH_UTTERANCE if has_text else _NO_UTTERANCE,
+        persona=PERSONAS[persona],
+    )
+
+
+def annotation_conversation(
+    audio: np.ndarray, transcript: str | None, classes: Sequence[str], persona: int
+) -> list[dict[str, Any]]:
+    """The chat messages of one annotation request: the notebook's system instruction, then prompt text and audio."""
+    return [
+        {"role": "system", "content": ANNOTATION_SYSTEM_MESSAGE},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": annotation_prompt(transcript, classes, persona)},
+                {"type": "audio", "audio": audio},
+            ],
+        },
+    ]

@@ -15,9 +15,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from ser_lightning.cli.guards import FiniteModelCheckpoint, NonFiniteGuard
 from ser_lightning.cli.preemption import PreemptionCheckpoint, exit_status, resolve_last
-from ser_lightning.data.shards import iter_shard_meta
 from ser_lightning.data.stream.datamodule import SERDataModule
-from ser_lightning.metrics.functional import js_divergence
 from ser_lightning.models.base import DistributionModule
 from ser_lightning.models.predictions import PredictionWriter
 
@@ -141,20 +139,6 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def reference_scores(shards: str | Path, label_source: str, split: str) -> dict[str, float]:
-    """JS (bits) on every sample of ``split`` of two model-free predictors: uniform, and the train split's mean.
-
-    Read from the shards' JSON, independently of a model's pass (which scores the same predictors on the
-    samples it scored: ``reference`` in the metrics JSON).
-    """
-    sources = [label_source]
-    train = torch.tensor([m["distribution"][label_source] for m in iter_shard_meta(shards, "train", sources)])
-    target = torch.tensor([m["distribution"][label_source] for m in iter_shard_meta(shards, split, sources)])
-    uniform = torch.full_like(target, 1.0 / target.shape[1])
-    mean = train.mean(0, keepdim=True).expand_as(target)
-    return {"uniform_js": float(js_divergence(uniform, target)), "train_mean_js": float(js_divergence(mean, target))}
-
-
 def main(args: list[str] | None = None) -> None:
     """Run the CLI (``python train.py fit --config configs/demo.yaml``).
 
@@ -174,3 +158,14 @@ def main(args: list[str] | None = None) -> None:
             trainer_defaults=trainer_defaults,
             seed_everything_default=SEED,
         )
+    _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Destroy the DDP process group while Python still runs.
+
+    Left to interpreter shutdown, gloo's worker threads are now and then destroyed while still joinable, and the
+    process aborts after a successful run ("terminate called without an active exception", SIGABRT, exit -6).
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

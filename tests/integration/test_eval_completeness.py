@@ -166,3 +166,14 @@ def test_a_pass_cut_by_limit_test_batches_is_incomplete_without_error(shards, tm
     assert metrics["evaluation"]["limited"] is True
     assert metrics["scored"] <= 32
     assert metrics["expected"] == 144
+
+
+def test_a_cut_validation_shard_stops_fit_before_a_biased_checkpoint_is_chosen(shards, tmp_path):
+    """Validation is held to the card as test is: 72 of 144 val clips must not silently choose the best checkpoint."""
+    shard = shards / "val-000000.tar"
+    _cut(shard, _members(shard)[2 * 72].offset)
+    args = _args(shards, tmp_path, "--trainer.limit_val_batches", "1.0", "--trainer.max_epochs", "1")
+    args[0] = "fit"
+    with pytest.raises(RuntimeError, match=r"split 'val'.*144 samples, 72 were scored.*val-000000\.tar"):
+        main(args)
+    assert not list((tmp_path / "eval" / "v").glob("checkpoints/best-*.ckpt"))

@@ -54,6 +54,7 @@ def build_card(
     sample_rate: int,
     train_meta: Iterable[dict[str, Any]] = (),
     shard_info: dict[str, dict[str, Any]] | None = None,
+    null_labels: dict[str, dict[str, int]] | None = None,
 ) -> dict[str, Any]:
     """The card dict (keys as in ``docs/shard-format.md``).
 
@@ -68,12 +69,14 @@ def build_card(
         train_meta: the sample JSON (``votes`` and ``entropy`` suffice) of the kept train samples, for
             ``label_sources`` (see :func:`label_source_stats`).
         shard_info: shard file name -> ``{"samples", "sha256"}`` (see :func:`describe_shard`).
+        null_labels: label source -> split -> samples whose source is null (``ser-annotate merge``'s
+            ``synthetic``); written as the card's ``null_labels`` when a source has any (see :func:`null_label_counts`).
     """
     all_votes = [v for s in splits for v in primary[s]]
     stats = {"all": vote_statistics(np.asarray(all_votes).reshape(-1, len(classes)), classes)}
     for s in splits:
         stats[s] = vote_statistics(np.asarray(primary[s]).reshape(-1, len(classes)), classes)
-    return {
+    card = {
         "classes": list(classes),
         "sources": sources,
         "rejected": num_rejected,
@@ -84,6 +87,15 @@ def build_card(
         "stats": stats,
         "label_sources": label_source_stats(train_meta, sources, len(classes)),
     }
+    nullable = {s: dict(counts) for s, counts in (null_labels or {}).items() if any(counts.values())}
+    if nullable:
+        card["null_labels"] = nullable
+    return card
+
+
+def null_label_counts(metas: dict[str, list[dict[str, Any]]], sources: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Label source -> split -> samples whose ``votes[source]`` is null, for the sources and splits of ``metas``."""
+    return {s: {split: sum(m["votes"].get(s, 0) is None for m in ms) for split, ms in metas.items()} for s in sources}
 
 
 def label_source_stats(
@@ -94,7 +106,8 @@ def label_source_stats(
     The edges are the inner tertiles of each sample's stored ``entropy[source]`` (nats), so the bins the
     metrics use are the ones the stored entropies fall in; the counts tie toward the first class (CB-CE);
     ``mean_distribution`` is the mean of the samples' ``votes[source] / sum`` (the train-mean reference
-    predictor). All are ``None`` for an empty training set.
+    predictor). A sample whose source is null (no labels of it, e.g. ``synthetic``) is left out of that
+    source's statistics. All are ``None`` for a training set without labels of the source.
 
     Args:
         train_meta: the sample JSON dicts of the training set (one pass; ``votes`` and ``entropy`` are read).
@@ -105,8 +118,10 @@ def label_source_stats(
     entropies: dict[str, list[float]] = {s: [] for s in sources}
     for meta in train_meta:
         for s in sources:
-            votes[s].append(sample_field(meta, "votes", s))
-            entropies[s].append(sample_field(meta, "entropy", s))
+            v = sample_field(meta, "votes", s)
+            if v is not None:  # a null label source (ser-annotate merge's synthetic) has no statistics
+                votes[s].append(v)
+                entropies[s].append(sample_field(meta, "entropy", s))
     out: dict[str, dict[str, Any]] = {}
     for s in sources:
         if not votes[s]:

@@ -34,6 +34,7 @@ from ser_lightning.data.shards.card import (
     common_sources,
     describe_shard,
     iter_shard_meta,
+    null_label_counts,
     read_card,
 )
 from ser_lightning.labels import entropy, votes_to_distribution
@@ -371,9 +372,9 @@ def refresh_card(shard_dir: str | Path) -> dict[str, Any]:
     sources = common_sources([m["votes"] for s in splits for m in metas[s]])
     card = build_card(
         tuple(old["classes"]), splits, primary, sources, old["shards"], old["rejected"], old["sample_rate"],
-        metas.get("train", []), shard_info,
+        metas.get("train", []), shard_info, null_label_counts(metas, sources),
     )
-    for key in ("audio_checks", "reader"):  # counted from the original audio / reader: kept as written
+    for key in ("audio_checks", "reader", "annotations"):  # counted from the original audio / reader / store: kept
         if key in old:
             card[key] = old[key]
     _write_text(shard_dir / CARD_NAME, json.dumps(card, indent=2, allow_nan=False) + "\n")

@@ -97,7 +97,8 @@ class SERDataModule(L.LightningDataModule):
     """Streams WebDataset shards of one corpus as length-bucketed batches for speech emotion recognition.
 
     Train batches per epoch, per rank: ``train_batches_per_epoch`` when given, else
-    ``ceil((num_samples["train"] + synthetic) / (world_size x b))`` (``synthetic``: the DiME-Aug samples
+    ``ceil((num_samples["train"] - null + synthetic) / (world_size x b))`` (``null``: train samples whose label
+    source is null, skipped; ``synthetic``: the DiME-Aug samples
     an ``augment`` stage adds per epoch, its ``total``) where ``b`` is the expected batch size: the
     harmonic mean over clips of ``min(max_batch_size, floor(max_batch_seconds / d))`` with ``d`` the
     (cropped) durations read from the JSON of the first train shard (up to 512 clips). So one epoch
@@ -113,7 +114,10 @@ class SERDataModule(L.LightningDataModule):
 
     Args:
         shards: directory with ``card.json`` and the ``{split}-NNNNNN.tar`` shards.
-        label_source: vote source used as target: ``primary``, or ``merged`` (MSP-Podcast).
+        label_source: vote source used as target: ``primary``, or ``merged`` (MSP-Podcast), or ``synthetic`` /
+            ``combined`` (``ser-annotate merge``). Samples whose source is null (``synthetic`` without a valid
+            answer; counted in the card's ``null_labels``) are skipped with a count, and in evaluation reported
+            as skipped with a reason, so the pass stays complete.
         sample_rate: the model's sample rate in Hz; audio is resampled to it. ``connect`` may override it.
         max_batch_seconds: bound on the padded audio of a batch (batch size x longest clip), in seconds.
         max_batch_size: bound on clips per batch.
@@ -259,6 +263,10 @@ class SERDataModule(L.LightningDataModule):
         """Number of samples of ``split`` according to the card."""
         return int(self.card.get("num_samples", {}).get(split, 0))
 
+    def null_samples(self, split: str) -> int:
+        """Samples of ``split`` whose label source is null (the card's ``null_labels``): the streams skip them."""
+        return int(self.card.get("null_labels", {}).get(self.label_source, {}).get(split, 0))
+
     def eval_expectation(self, stage: str) -> dict[str, Any]:
         """What an evaluation pass (``stage``: ``val``/``test``) must account for, read by the model at epoch end.
 
@@ -306,6 +314,12 @@ class SERDataModule(L.LightningDataModule):
         needed["predict"] = [self.splits["predict"]]
         for split in needed.get(stage or "", []):
             self.shard_paths(split)
+            null = self.null_samples(split)
+            if null:
+                log.info(
+                    "label source %r is null in %d of the %d %r samples: they are skipped (in evaluation, counted "
+                    "as skipped with a reason)", self.label_source, null, self.num_samples(split), split,
+                )  # fmt: skip
         if self.tokenizer is None and self.text_tokenizer is not None:
             from transformers import AutoTokenizer
 
@@ -319,11 +333,14 @@ class SERDataModule(L.LightningDataModule):
         durations = read_durations(self.shard_paths("train")[0], DURATION_PEEK)
         size = expected_batch_size(durations, self.max_batch_seconds, self.max_batch_size, self.crop_seconds)
         synthetic = 0 if self.augment is None else int(self.augment.total)  # DiME-Aug adds these per epoch
-        return max(1, math.ceil((self.num_samples("train") + synthetic) / (world_size * size)))
+        labelled = self.num_samples("train") - self.null_samples("train")  # null-label samples are skipped
+        return max(1, math.ceil((labelled + synthetic) / (world_size * size)))
 
     def train_dataloader(self) -> DataLoader:
         """Endless shuffled stream cut to the same number of batches on every rank."""
         rank, world_size = self._rank_world()
+        if self.num_samples("train") and self.null_samples("train") >= self.num_samples("train"):
+            raise ValueError(f"label source {self.label_source!r} is null in every train sample of {self.shards}")
         if self.augment is not None and self.augment.label_source != self.label_source:
             raise ValueError(
                 f"the augment stage mixes {self.augment.label_source!r} targets but the DataModule trains on "

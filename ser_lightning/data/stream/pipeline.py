@@ -40,7 +40,7 @@ from torch.utils.data import IterableDataset
 
 from ser_lightning.data import audio_io
 from ser_lightning.data.stream.batching import Collate, dynamic_batches
-from ser_lightning.data.stream.skips import SampleDecodeError, SkipCounter
+from ser_lightning.data.stream.skips import NullLabelError, SampleDecodeError, SkipCounter
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,8 @@ def decode_sample(raw: Sample, label_source: str = "primary", num_classes: int |
         ``{"id", "audio" (float32 mono), "sample_rate", "meta", "target" (float32 (C,))}``.
 
     Raises:
+        NullLabelError: the JSON's ``label_source`` is null (``ser-annotate merge``'s ``synthetic`` of an
+            utterance without a valid answer): a :class:`SampleDecodeError` the stream skips and counts apart.
         SampleDecodeError: when a member is missing, the audio does not decode or is empty, the JSON has
             no ``distribution`` or ``entropy`` for ``label_source``, or the target is not a distribution.
     """
@@ -103,6 +105,8 @@ def decode_sample(raw: Sample, label_source: str = "primary", num_classes: int |
     except Exception as exn:
         raise SampleDecodeError(f"{type(exn).__name__}: {exn}", key, url) from exn
     label = {f: meta[f].get(label_source) if isinstance(meta.get(f), dict) else None for f in _LABEL_FIELDS}
+    if label["distribution"] is None and label_source in (meta.get("votes") or {}):  # present, but null
+        raise NullLabelError(f"label source {label_source!r} is null (no labels of it)", key, url)
     if label["distribution"] is None:
         raise SampleDecodeError(f"JSON has no distribution[{label_source!r}]", key, url)
     target = np.asarray(label["distribution"], dtype=np.float32)
@@ -408,5 +412,9 @@ class EvalStream(IterableDataset):
         left = skips.drain()
         if left:  # a worker whose last samples were all skipped still reports them
             yield {"ids": [], "skipped": left}
-        if skips.count:
-            log.warning("rank %d worker slot %d skipped %d bad samples or shards", self.rank, slot, skips.count)
+        bad = skips.count - skips.null
+        if bad:
+            log.warning("rank %d worker slot %d skipped %d bad samples or shards", self.rank, slot, bad)
+        if skips.null:
+            log.info("rank %d worker slot %d skipped %d samples whose label source %r is null (counted as skipped)",
+                     self.rank, slot, skips.null, cfg.label_source)  # fmt: skip

@@ -26,6 +26,14 @@ class SampleDecodeError(ValueError):
         self.reason, self.key, self.url = reason, key, url
 
 
+class NullLabelError(SampleDecodeError):
+    """A sample whose chosen label source is null (e.g. ``synthetic`` without a valid answer): skipped, not bad.
+
+    Counted apart from decoding failures (it never ends a stream), logged as a count, and in evaluation
+    recorded like any skip (``{"key", "shard", "reason"}``) so the pass still accounts for every sample.
+    """
+
+
 _STREAM_NAME = re.compile(r" @ <.*name='([^']*)'.*>$")  # webdataset appends " @ <its file object>" to tar errors
 
 
@@ -49,7 +57,9 @@ class SkipCounter:
 
     Returns ``True`` (go on) for every exception, so one bad sample never ends a run; raises once
     ``max_consecutive`` failures happen without a decoded sample in between, so a stream where nothing
-    decodes (wrong paths, a broken corpus) fails loudly instead of spinning forever.
+    decodes (wrong paths, a broken corpus) fails loudly instead of spinning forever. A sample whose label
+    source is null (:class:`NullLabelError`) is counted in ``count`` and ``null`` but is no failure: it
+    neither ends the stream nor gets a warning of its own.
 
     Args:
         max_consecutive: failures in a row that end the stream with a ``RuntimeError``.
@@ -60,15 +70,21 @@ class SkipCounter:
         self.max_consecutive = max_consecutive
         self.keep = keep
         self.count = 0
+        self.null = 0  # of them, samples whose label source is null (NullLabelError)
         self.consecutive = 0
         self.records: list[dict[str, str | None]] = []
 
     def __call__(self, exn: BaseException) -> bool:
         """Log and count ``exn``; return ``True`` so the pipeline continues."""
         self.count += 1
-        self.consecutive += 1
         if self.keep:
             self.records.append(skip_record(exn))
+        if isinstance(exn, NullLabelError):  # expected, not a failure: counted, logged at 1, 10, 100 ...
+            self.null += 1
+            if self.null == 10 ** (len(str(self.null)) - 1):
+                log.info("skipped %d samples whose label source is null in this worker (%s)", self.null, exn.reason)
+            return True
+        self.consecutive += 1
         log.warning("skipped a bad sample or shard (%d skipped in this worker): %s", self.count, exn)
         if self.consecutive >= self.max_consecutive:
             raise RuntimeError(f"{self.consecutive} bad samples or shards in a row; last error: {exn}") from exn

@@ -1,0 +1,239 @@
+"""The local annotator: Qwen2-Audio answering Table 1's prompt, batched, sampled or read exactly from one forward.
+
+``mode="sample"`` asks like the API does: Table 1's prompt and the clip through the chat template, a few tokens
+sampled from ``softmax(logits / T)`` (pure temperature sampling: no top-k / top-p / repetition penalty from the hub's
+generation config), the text parsed. ``mode="exact"`` (beyond the paper) reads the distribution those samples
+estimate: the first answer token's probabilities over the class names' first tokens, ``softmax(logits / T)``
+restricted to them and renormalised, label = its argmax.
+
+Sampling is seeded per request from ``(seed, uid, k)``, one generator per row: a re-run asks the same question and
+gets the same answer, and an answer does not depend on the batch it was in (up to float rounding of the logits,
+which can flip a draw that falls on a boundary between two tokens; best effort, not a guarantee across devices).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from transformers import LogitsProcessor
+
+from ser_lightning.alm.annotator import AnnotationAnswer, AnnotationRequest, request_seed
+from ser_lightning.alm.parsing import parse_label
+from ser_lightning.alm.prompts import annotation_conversation
+
+__all__ = ["Qwen2AudioAnnotator", "SeededSampler", "class_first_tokens", "request_seed"]
+
+
+def class_first_tokens(tokenizer: Any, classes: Sequence[str]) -> list[int]:
+    """Each class name's first token id as the answer would start (no leading space); an error unless distinct."""
+    ids = []
+    for name in classes:
+        tokens = tokenizer(name, add_special_tokens=False)["input_ids"]
+        if not tokens:
+            raise ValueError(f"class name {name!r} tokenises to nothing")
+        ids.append(int(tokens[0]))
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is not None and unk in ids:
+        bad = [c for c, i in zip(classes, ids, strict=True) if i == unk]
+        raise ValueError(f"exact mode: class names {bad} start with the unknown token; the vocabulary lacks them")
+    if len(set(ids)) != len(ids):
+        tokens = {c: tokenizer.convert_ids_to_tokens(i) for c, i in zip(classes, ids, strict=True)}
+        raise ValueError(
+            f"exact mode needs class names whose first tokens differ, got {tokens}; rename the classes "
+            "(e.g. in the shards' card) or use mode='sample'"
+        )
+    return ids
+
+
+class SeededSampler(LogitsProcessor):
+    """A logits processor that samples each row from ``softmax(scores / T_row)`` with the row's own generator.
+
+    It returns ``-inf`` everywhere but the drawn token, so greedy ``generate`` emits exactly the draw: per-row
+    seeds and temperatures, which ``generate(do_sample=True)`` (one global RNG, one temperature) cannot give.
+    """
+
+    def __init__(self, temperatures: Sequence[float], seeds: Sequence[int]) -> None:
+        self.temperatures = [float(t) for t in temperatures]
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        """The processed scores of one generation step (``scores``: ``(B, V)``)."""
+        logits = scores.detach().float().cpu()
+        out = torch.full_like(scores, float("-inf"))
+        for row, (temperature, generator) in enumerate(zip(self.temperatures, self.generators, strict=True)):
+            if temperature <= 0:
+                token = int(logits[row].argmax())
+            else:
+                probs = torch.softmax(logits[row] / temperature, dim=-1)
+                token = int(torch.multinomial(probs, 1, generator=generator))
+            out[row, token] = 0.0
+        return out
+
+
+class Qwen2AudioAnnotator:
+    """Qwen2-Audio as an annotator (``make_backend("qwen2-audio", backbone, mode)``), batched.
+
+    Args:
+        model: the backbone, a hub id (``Qwen/Qwen2-Audio-7B-Instruct``) or a local directory (offline).
+        mode: ``"sample"`` (generated text, parsed) or ``"exact"`` (first-token class probabilities).
+        seed: run seed; each request draws from ``(seed, uid, k)``.
+        max_new_tokens: answer length in sample mode (a class name is a few tokens).
+        batch_size: requests per forward (``max_batch``).
+        device: ``"cuda"`` when available, else ``"cpu"``.
+        dtype: weights' dtype (default bf16 on CUDA, fp32 on CPU).
+        model_and_processor: an already loaded ``(model, processor)`` instead of loading ``model``.
+    """
+
+    name = "qwen2-audio"
+
+    def __init__(
+        self,
+        model: str | Path,
+        mode: str = "sample",
+        *,
+        seed: int = 0,
+        max_new_tokens: int = 8,
+        batch_size: int = 8,
+        device: str | None = None,
+        dtype: str | torch.dtype | None = None,
+        model_and_processor: tuple[Any, Any] | None = None,
+    ) -> None:
+        if mode not in ("sample", "exact"):
+            raise ValueError(f"mode must be 'sample' or 'exact', got {mode!r}")
+        if batch_size < 1 or max_new_tokens < 1:
+            raise ValueError(f"batch_size and max_new_tokens must be positive, got {batch_size}, {max_new_tokens}")
+        self.model = str(model)
+        self.mode = mode
+        self.seed = int(seed)
+        self.max_new_tokens = int(max_new_tokens)
+        self.max_batch = int(batch_size)
+        self.stats: dict[str, int] = {"requests": 0, "retries": 0, "failures": 0, "tokens": 0}
+        self._lock = threading.Lock()
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if model_and_processor is None:
+            from ser_lightning.nn.qwen2_audio import load_qwen2_audio
+
+            dtype = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
+            device_map = None if str(device) == "cpu" else {"": device}
+            model_and_processor = load_qwen2_audio(model, dtype=dtype, device_map=device_map)
+        self.net, self.processor = model_and_processor
+        self.net.eval()
+        self.device = torch.device(device)
+        if str(device) == "cpu" or next(self.net.parameters()).device.type == "cpu":
+            self.net.to(self.device)
+        self.sampling_rate = int(self.processor.feature_extractor.sampling_rate)
+        self._first_tokens: dict[tuple[str, ...], list[int]] = {}
+
+    # -- inputs ------------------------------------------------------------------------------------------------
+    def _audio(self, request: AnnotationRequest) -> np.ndarray:
+        """The clip as float32 mono at the feature extractor's rate."""
+        audio = torch.as_tensor(np.asarray(request.audio, dtype=np.float32).reshape(-1))
+        if int(request.sample_rate) != self.sampling_rate:
+            import torchaudio.functional as AF  # noqa: N812
+
+            audio = AF.resample(audio, int(request.sample_rate), self.sampling_rate)
+        return audio.numpy()
+
+    def _inputs(self, requests: Sequence[AnnotationRequest]) -> Any:
+        """Chat-template texts and clips through the processor, left padded for generation (``audio=``)."""
+        audios = [self._audio(r) for r in requests]
+        texts = [
+            self.processor.apply_chat_template(
+                annotation_conversation(a, r.transcript, r.classes, r.persona),
+                add_generation_prompt=True,
+                tokenize=False,
+            )
+            for a, r in zip(audios, requests, strict=True)
+        ]
+        inputs = self.processor(
+            text=texts,
+            audio=audios,
+            sampling_rate=self.sampling_rate,
+            return_tensors="pt",
+            padding="longest",
+            padding_side="left",
+        )
+        dtype = next(self.net.parameters()).dtype
+        return {
+            key: value.to(self.device, dtype=dtype) if value.is_floating_point() else value.to(self.device)
+            for key, value in inputs.items()
+        }
+
+    def _generation_config(self, max_new_tokens: int, **extra: Any) -> Any:
+        """Greedy over the SeededSampler's output; nothing of the hub's sampling defaults (top-k/p, penalties)."""
+        from transformers import GenerationConfig
+
+        tokenizer = self.processor.tokenizer
+        eos = [t for t in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|endoftext|>")) if t is not None]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+        return GenerationConfig(
+            do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad, **extra
+        )
+
+    def _class_ids(self, classes: Sequence[str]) -> list[int]:
+        """The classes' first token ids, checked once per class tuple."""
+        key = tuple(classes)
+        if key not in self._first_tokens:
+            self._first_tokens[key] = class_first_tokens(self.processor.tokenizer, key)
+        return self._first_tokens[key]
+
+    # -- modes -------------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _sample(self, requests: Sequence[AnnotationRequest]) -> list[AnnotationAnswer]:
+        inputs = self._inputs(requests)
+        sampler = SeededSampler(
+            [r.temperature for r in requests], [request_seed(self.seed, r.uid, r.k) for r in requests]
+        )
+        out = self.net.generate(
+            **inputs, generation_config=self._generation_config(self.max_new_tokens), logits_processor=[sampler]
+        )
+        new = out[:, inputs["input_ids"].shape[1] :]
+        lengths = inputs["attention_mask"].sum(dim=1)
+        pad = self.processor.tokenizer.pad_token_id
+        answers = []
+        for row, request in enumerate(requests):
+            raw = self.processor.tokenizer.decode(new[row], skip_special_tokens=True).strip()
+            label, reason = parse_label(raw, request.classes)
+            generated = int((new[row] != pad).sum()) if pad is not None else new.shape[1]
+            answers.append(AnnotationAnswer(label, None, raw, reason, int(lengths[row]) + generated))
+        return answers
+
+    @torch.inference_mode()
+    def _exact(self, requests: Sequence[AnnotationRequest]) -> list[AnnotationAnswer]:
+        inputs = self._inputs(requests)
+        config = self._generation_config(1, output_logits=True, return_dict_in_generate=True)
+        out = self.net.generate(**inputs, generation_config=config)
+        logits = out.logits[0].float().cpu()  # (B, V): the first answer token's unprocessed logits
+        lengths = inputs["attention_mask"].sum(dim=1)
+        answers = []
+        for row, request in enumerate(requests):
+            key = tuple(request.classes)
+            restricted = logits[row, self._class_ids(key)]
+            if request.temperature <= 0:
+                probs = torch.nn.functional.one_hot(restricted.argmax(), len(key)).double()
+            else:
+                probs = torch.softmax(restricted.double() / request.temperature, dim=-1)
+            label = key[int(probs.argmax())]
+            answers.append(AnnotationAnswer(label, probs.tolist(), label, None, int(lengths[row])))
+        return answers
+
+    def annotate(self, requests: Sequence[AnnotationRequest]) -> list[AnnotationAnswer]:
+        """Answers in request order, ``max_batch`` requests per forward (one caller at a time: a lock)."""
+        requests = list(requests)
+        answers: list[AnnotationAnswer] = []
+        with self._lock:
+            for start in range(0, len(requests), self.max_batch):
+                chunk = requests[start : start + self.max_batch]
+                if self.mode == "exact":
+                    for r in chunk:  # a clear error before any forward when the classes' first tokens collide
+                        self._class_ids(r.classes)
+                answers.extend(self._exact(chunk) if self.mode == "exact" else self._sample(chunk))
+                self.stats["requests"] += len(chunk)
+                self.stats["tokens"] += sum(a.tokens or 0 for a in answers[-len(chunk) :])
+        return answers

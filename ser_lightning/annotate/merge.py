@@ -1,0 +1,310 @@
+"""``ser-annotate merge``: shards whose samples also carry the ``synthetic`` and ``combined`` label sources.
+
+The synthetic annotations of an annotation store (one ALM annotator: backend, model, mode) become, per
+utterance, the vote vector ``synthetic`` (each valid answer one vote; an exact-mode row adds its
+probabilities, also one vote) and ``combined`` = human votes + synthetic votes, every annotation one equal
+vote (Scaling Ambiguity Sec. 2.2). An utterance with no valid synthetic answer keeps ``synthetic`` null and
+``combined`` equal to its human votes. The audio members are copied byte for byte (never re-encoded); the
+card is built by :func:`ser_lightning.data.shards.card.build_card`, as ``write_shards`` builds it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sqlite3
+import tarfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import webdataset as wds
+
+from ser_lightning.data.shards.card import (
+    CARD_NAME,
+    PRIMARY,
+    REJECTED_NAME,
+    build_card,
+    common_sources,
+    describe_shard,
+    read_card,
+)
+from ser_lightning.data.shards.writer import check_out_dir
+from ser_lightning.labels import entropy, votes_to_distribution
+
+__all__ = ["SYNTHETIC", "COMBINED", "Annotator", "merge_store", "read_synthetic", "synthetic_votes"]
+
+log = logging.getLogger(__name__)
+
+SYNTHETIC = "synthetic"
+COMBINED = "combined"
+_TAR_USER = "ser"  # the tar settings of data.shards.writer: owner ser/ser, uid/gid 0, mtime 0, mode 0444
+
+
+@dataclass(frozen=True)
+class Annotator:
+    """The (backend, model, mode) whose rows are read from a store."""
+
+    backend: str
+    model: str
+    mode: str
+
+
+@dataclass
+class SyntheticAnswers:
+    """The rows of one annotator, per utterance id: ``(k, label, probabilities)`` sorted by ``k``."""
+
+    annotator: Annotator
+    rows: dict[str, list[tuple[int, str | None, list[float] | None]]] = field(default_factory=dict)
+
+
+def _connect(store: str | Path) -> sqlite3.Connection:
+    path = Path(store)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no annotation store (written by `ser-annotate run --out`)")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn.execute("SELECT id, backend, model, mode, k, label, probabilities FROM annotations LIMIT 1").fetchall()
+    except sqlite3.DatabaseError as err:
+        raise ValueError(f"{path}: not an annotation store ({err})") from err
+    return conn
+
+
+def _select_annotator(
+    conn: sqlite3.Connection, store: str | Path, backend: str | None, model: str | None, mode: str | None
+) -> Annotator:
+    """The one annotator of the store matching the given filters; a clear error when none or several match."""
+    sql = "SELECT DISTINCT backend, model, mode FROM annotations ORDER BY backend, model, mode"
+    found = [Annotator(*r) for r in conn.execute(sql)]
+    wanted = [
+        a for a in found
+        if (backend is None or a.backend == backend) and (model is None or a.model == model)
+        and (mode is None or a.mode == mode)
+    ]  # fmt: skip
+    listed = ", ".join(f"{a.backend}/{a.model}/{a.mode}" for a in found) or "none"
+    if not wanted:
+        raise ValueError(f"{store}: no annotations of backend={backend} model={model} mode={mode} (it holds: {listed})")
+    if len(wanted) > 1:
+        raise ValueError(f"{store}: annotations of several annotators ({listed}); choose one with backend/model/mode")
+    return wanted[0]
+
+
+def read_synthetic(
+    store: str | Path,
+    n: int | None = None,
+    backend: str | None = None,
+    model: str | None = None,
+    mode: str | None = None,
+) -> SyntheticAnswers:
+    """The stored answers of one annotator (annotations ``k < n`` only when ``n`` is given), grouped by utterance.
+
+    Raises:
+        FileNotFoundError: no store at that path.
+        ValueError: not a store, no annotator matches, or several match (pass backend / model / mode).
+    """
+    if n is not None and n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    conn = _connect(store)
+    try:
+        annotator = _select_annotator(conn, store, backend, model, mode)
+        sql = "SELECT id, k, label, probabilities FROM annotations WHERE backend = ? AND model = ? AND mode = ?"
+        params: list[Any] = [annotator.backend, annotator.model, annotator.mode]
+        if n is not None:
+            sql += " AND k < ?"
+            params.append(int(n))
+        answers = SyntheticAnswers(annotator)
+        for uid, k, label, probs in conn.execute(sql + " ORDER BY id, k", params):
+            answers.rows.setdefault(uid, []).append((int(k), label, None if probs is None else json.loads(probs)))
+    finally:
+        conn.close()
+    return answers
+
+
+def synthetic_votes(
+    rows: Sequence[tuple[int, str | None, list[float] | None]], classes: Sequence[str]
+) -> tuple[np.ndarray | None, int]:
+    """The synthetic vote vector of one utterance and its number of valid answers (``None``: no valid answer).
+
+    A row with ``probabilities`` (exact mode) adds them, normalised to one vote; else a valid ``label`` adds
+    one vote to its class. A label outside ``classes`` or unusable probabilities count as invalid.
+    """
+    index = {c: i for i, c in enumerate(classes)}
+    votes = np.zeros(len(classes), dtype=np.float64)
+    valid = 0
+    for _, label, probs in rows:
+        if probs is not None:
+            p = np.asarray(probs, dtype=np.float64)
+            if p.shape == (len(classes),) and np.isfinite(p).all() and (p >= 0).all() and p.sum() > 0:
+                votes += p / p.sum()
+                valid += 1
+        elif label is not None and label in index:
+            votes[index[label]] += 1.0
+            valid += 1
+    return (votes if valid else None), valid
+
+
+def _label_fields(votes: np.ndarray | None) -> tuple[list[float] | None, list[float] | None, float | None]:
+    if votes is None:
+        return None, None, None
+    dist = votes_to_distribution(votes)
+    return [float(x) for x in votes], [float(x) for x in dist], float(entropy(dist))
+
+
+def merged_meta(meta: dict[str, Any], synthetic: np.ndarray | None, human: str) -> dict[str, Any]:
+    """A sample JSON with ``synthetic`` (or null) and ``combined`` (human + synthetic votes) label sources added."""
+    human_votes = np.asarray(meta["votes"][human], dtype=np.float64)
+    combined = human_votes if synthetic is None else human_votes + synthetic  # Sec. 2.2: each annotation one vote
+    out = {**meta, "votes": dict(meta["votes"]), "distribution": dict(meta["distribution"])}
+    out["entropy"] = dict(meta["entropy"])
+    for source, votes in ((SYNTHETIC, synthetic), (COMBINED, combined)):
+        out["votes"][source], out["distribution"][source], out["entropy"][source] = _label_fields(votes)
+    return out
+
+
+def _tar_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """``(key, {extension: member bytes})`` of each sample of a shard, in order (no decoding)."""
+    key: str | None = None
+    members: dict[str, bytes] = {}
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                name = member.name.split("/")[-1]
+                k, _, ext = name.partition(".")
+                if key is not None and k != key:
+                    yield key, members
+                    members = {}
+                key = k
+                f = tar.extractfile(member)
+                assert f is not None
+                members[ext] = f.read()
+    except (tarfile.TarError, EOFError) as err:
+        raise ValueError(f"{path}: damaged shard ({type(err).__name__}: {err}); see verify_shards") from err
+    if key is not None:
+        yield key, members
+
+
+def _prepare_out(out: Path, shards: Path) -> None:
+    """Create ``out``, refusing the input directory and a non-shard directory; clear a previous merge there."""
+    if out.resolve() == shards.resolve():
+        raise ValueError(f"{out}: merge writes a new shard directory; --out must differ from the input shards")
+    check_out_dir(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / CARD_NAME).is_file():  # a previous merge here: replace only what its card lists
+        old = read_card(out)
+        if "annotations" not in old:
+            raise FileExistsError(f"{out}: holds shards not written by ser-annotate merge; choose another --out")
+        for name in [n for names in old["shards"].values() for n in names] + [CARD_NAME, REJECTED_NAME]:
+            (out / name).unlink(missing_ok=True)
+
+
+@dataclass
+class _Tally:
+    """What the card is built from, gathered while the shards are copied."""
+
+    primary: dict[str, list[list[float]]] = field(default_factory=dict)
+    kept_votes: list[dict[str, Any]] = field(default_factory=list)
+    train_meta: list[dict[str, Any]] = field(default_factory=list)
+    null: dict[str, int] = field(default_factory=dict)  # split -> samples whose synthetic source is null
+    annotated: int = 0
+    valid: int = 0
+    seen: set[str] = field(default_factory=set)
+
+
+def _copy_shard(src: Path, dst: Path, split: str, answers: SyntheticAnswers, classes: Sequence[str],
+                human: str, tally: _Tally) -> None:  # fmt: skip
+    """Copy one shard, member bytes unchanged but the JSON, which gains the two label sources."""
+    partial = dst.with_name(dst.name + ".partial")
+    with partial.open("wb") as f, wds.TarWriter(f, user=_TAR_USER, group=_TAR_USER, encoder=False, mtime=0) as sink:
+        for key, members in _tar_samples(src):
+            if "json" not in members:
+                raise ValueError(f"{src}: sample {key!r} has no json member")
+            meta = json.loads(members["json"].decode("utf-8"))
+            uid = str(meta.get("id", key))
+            rows = answers.rows.get(uid, [])
+            votes, valid = synthetic_votes(rows, classes)
+            tally.seen.add(uid)
+            tally.annotated += bool(rows)
+            tally.valid += valid
+            tally.null[split] = tally.null.get(split, 0) + (votes is None)
+            new = merged_meta(meta, votes, human)
+            text = json.dumps(new, ensure_ascii=False, allow_nan=False).encode("utf-8")
+            sink.write({"__key__": key, **members, "json": text})
+            tally.primary.setdefault(split, []).append(new["votes"][PRIMARY])
+            tally.kept_votes.append(new["votes"])
+            if split == "train":
+                tally.train_meta.append({"votes": new["votes"], "entropy": new["entropy"]})
+    partial.replace(dst)
+
+
+def merge_store(
+    store: str | Path,
+    shards: str | Path,
+    out: str | Path,
+    n: int | None = None,
+    human: str = "primary",
+    backend: str | None = None,
+    model: str | None = None,
+    mode: str | None = None,
+) -> dict[str, Any]:
+    """Write ``out``: the shards of ``shards`` with the ``synthetic`` and ``combined`` label sources added.
+
+    Args:
+        store: the annotation store (SQLite, ``ser-annotate run --out``).
+        shards: a shard directory (``docs/shard-format.md``).
+        out: the new shard directory (not ``shards``, empty or new); a previous merge there is replaced.
+        n: use only the first ``n`` annotations (``k < n``) of each utterance; all when ``None``.
+        human: the label source of the human votes ``combined`` adds to (``primary``, ``merged``).
+        backend: the annotator's backend; needed only when the store holds several annotators.
+        model: the annotator's model (same).
+        mode: ``sample`` or ``exact`` (same).
+
+    Returns:
+        The card written to ``out/card.json``: sources include ``synthetic`` (null in some samples, counted in
+        ``null_labels``) and ``combined``; ``annotations`` records the store, annotator and counts.
+    """
+    shards, out = Path(shards), Path(out)
+    card = read_card(shards, human)
+    classes = tuple(card["classes"])
+    answers = read_synthetic(store, n, backend, model, mode)
+    _prepare_out(out, shards)
+    tally = _Tally()
+    splits = list(card["shards"])
+    for split in splits:
+        tally.primary.setdefault(split, [])
+        tally.null.setdefault(split, 0)
+        for name in card["shards"][split]:
+            _copy_shard(shards / name, out / name, split, answers, classes, human, tally)
+    shard_info = {name: describe_shard(out / name) for s in splits for name in card["shards"][s]}
+    sources = common_sources(tally.kept_votes)
+    new = build_card(
+        classes, splits, tally.primary, sources, card["shards"], card.get("rejected", 0), card["sample_rate"],
+        tally.train_meta, shard_info, null_labels={SYNTHETIC: dict(tally.null)},
+    )  # fmt: skip
+    for key in ("audio_checks", "reader"):  # counted from the original audio / corpus reader: kept as written
+        if key in card:
+            new[key] = card[key]
+    new["annotations"] = {
+        "store": str(store),
+        **vars(answers.annotator),
+        "n": n,
+        "human": human,
+        "utterances": sum(len(v) for v in tally.primary.values()),
+        "annotated": tally.annotated,
+        "answers": sum(len(r) for r in answers.rows.values()),
+        "valid_answers": tally.valid,
+        "invalid_answers": sum(len(r) for uid, r in answers.rows.items() if uid in tally.seen) - tally.valid,
+        "not_in_shards": len(set(answers.rows) - tally.seen),
+    }
+    if (shards / REJECTED_NAME).is_file():
+        shutil.copyfile(shards / REJECTED_NAME, out / REJECTED_NAME)
+    tmp = out / (CARD_NAME + ".partial")
+    tmp.write_text(json.dumps(new, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    tmp.replace(out / CARD_NAME)
+    nulls, total = sum(tally.null.values()), new["annotations"]["utterances"]
+    log.info("%s: %d samples, %d without a valid synthetic answer (synthetic null)", out, total, nulls)
+    return new
