@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import os
 import re
@@ -43,6 +44,8 @@ from tqdm.auto import tqdm
 from ser_lightning.data.dime.maths import dime_amounts, minority_classes, nearest_neighbours, standardise
 from ser_lightning.data.shards.card import read_card
 from ser_lightning.labels import plurality
+
+logger = logging.getLogger(__name__)
 
 Encoder = Callable[[np.ndarray, int, str], np.ndarray]
 """A frozen encoder: ``(float32 audio, sample_rate, transcript) -> 1-D feature vector``."""
@@ -167,11 +170,14 @@ def _dataset(urls: list[str], json_only: bool) -> wds.WebDataset:
     )
 
 
-def _label_counts(meta: Mapping[str, Any], label_source: str) -> list[float]:
+def _label_counts(meta: Mapping[str, Any], label_source: str) -> list[float] | None:
+    """The votes (else the distribution) of ``label_source``; ``None`` when the source is null for this utterance."""
     for key in ("votes", "distribution"):
         table = meta.get(key) or {}
-        if label_source in table:
+        if label_source in table and table[label_source] is not None:
             return table[label_source]
+    if label_source in (meta.get("distribution") or {}):
+        return None  # a nullable source (e.g. ``synthetic`` without a valid answer): no label to balance on
     sources = sorted(set(meta.get("votes") or {}) | set(meta.get("distribution") or {}))
     raise KeyError(f"utterance {meta.get('id')!r} has no label source {label_source!r}; it has {sources}")
 
@@ -251,12 +257,20 @@ def build_dime_index(
 
     # Pass 1: dominant class of every utterance.
     dominant: dict[str, str] = {}
+    null_labels = 0
     for sample in tqdm(_dataset(urls, json_only=True), total=expected, desc=f"{split}: labels", disable=not progress):
         meta = json.loads(sample["json"])
         if meta["id"] in dominant:
             raise ValueError(f"utterance id {meta['id']!r} occurs twice in the {split!r} shards")
-        label, _ = plurality(np.asarray([_label_counts(meta, label_source)]))
+        votes = _label_counts(meta, label_source)
+        if votes is None:
+            null_labels += 1  # not in the class counts nor the pool: the DataModule skips it too
+            continue
+        label, _ = plurality(np.asarray([votes]))
         dominant[meta["id"]] = classes[int(label[0])]
+    if null_labels:
+        logger.warning("%s: %d %s utterances have a null %r label and are left out", shards_dir, null_labels, split,
+                       label_source)
     counts = {c: 0 for c in classes}
     for cls in dominant.values():
         counts[cls] += 1

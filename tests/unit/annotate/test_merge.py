@@ -229,3 +229,21 @@ def test_datamodule_refuses_a_train_split_without_any_label_of_the_source(shards
         dm.train_dataloader()
     assert dm.bin_edges is None
     assert dm.class_counts is None
+
+
+def test_dime_index_over_a_nullable_source_leaves_null_utterances_out(merged, tmp_path):
+    import json
+    import shutil
+
+    from ser_lightning.data.dime.index import build_dime_index
+
+    copy = tmp_path / "merged"
+    shutil.copytree(merged[0], copy)
+    index_dir = build_dime_index(copy, label_source="synthetic", ratio=1.0)
+    index = json.loads((index_dir / "index.json").read_text())
+    with_label = {uid for uid, m in metas(copy).items() if uid.startswith("train.") and m["votes"]["synthetic"]}
+    assert "train.0002" not in with_label  # no valid synthetic answer
+    # utterances with a null synthetic label are neither counted for the minority classes nor pooled for mixing
+    assert set(index["dominant"]) == with_label
+    assert sum(index["counts"].values()) == len(with_label)
+    assert set(index["pool"]["ids"]) <= with_label
