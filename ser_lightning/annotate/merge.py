@@ -14,14 +14,12 @@ import json
 import logging
 import shutil
 import sqlite3
-import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import webdataset as wds
 
 from ser_lightning.data.shards.card import (
     CARD_NAME,
@@ -30,9 +28,10 @@ from ser_lightning.data.shards.card import (
     build_card,
     common_sources,
     describe_shard,
+    iter_tar_samples,
     read_card,
 )
-from ser_lightning.data.shards.writer import check_out_dir
+from ser_lightning.data.shards.files import check_out_dir, shard_tar_writer, write_card
 from ser_lightning.labels import entropy, votes_to_distribution
 
 __all__ = ["SYNTHETIC", "COMBINED", "Annotator", "merge_store", "read_synthetic", "synthetic_votes"]
@@ -41,7 +40,6 @@ log = logging.getLogger(__name__)
 
 SYNTHETIC = "synthetic"
 COMBINED = "combined"
-_TAR_USER = "ser"  # the tar settings of data.shards.writer: owner ser/ser, uid/gid 0, mtime 0, mode 0444
 
 
 @dataclass(frozen=True)
@@ -164,30 +162,6 @@ def merged_meta(meta: dict[str, Any], synthetic: np.ndarray | None, human: str) 
     return out
 
 
-def _tar_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """``(key, {extension: member bytes})`` of each sample of a shard, in order (no decoding)."""
-    key: str | None = None
-    members: dict[str, bytes] = {}
-    try:
-        with tarfile.open(path, "r:") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                name = member.name.split("/")[-1]
-                k, _, ext = name.partition(".")
-                if key is not None and k != key:
-                    yield key, members
-                    members = {}
-                key = k
-                f = tar.extractfile(member)
-                assert f is not None
-                members[ext] = f.read()
-    except (tarfile.TarError, EOFError) as err:
-        raise ValueError(f"{path}: damaged shard ({type(err).__name__}: {err}); see verify_shards") from err
-    if key is not None:
-        yield key, members
-
-
 def _prepare_out(out: Path, shards: Path) -> None:
     """Create ``out``, refusing the input directory and a non-shard directory; clear a previous merge there."""
     if out.resolve() == shards.resolve():
@@ -219,8 +193,8 @@ def _copy_shard(src: Path, dst: Path, split: str, answers: SyntheticAnswers, cla
                 human: str, tally: _Tally) -> None:  # fmt: skip
     """Copy one shard, member bytes unchanged but the JSON, which gains the two label sources."""
     partial = dst.with_name(dst.name + ".partial")
-    with partial.open("wb") as f, wds.TarWriter(f, user=_TAR_USER, group=_TAR_USER, encoder=False, mtime=0) as sink:
-        for key, members in _tar_samples(src):
+    with partial.open("wb") as f, shard_tar_writer(f) as sink:
+        for key, members in iter_tar_samples(src):
             if "json" not in members:
                 raise ValueError(f"{src}: sample {key!r} has no json member")
             meta = json.loads(members["json"].decode("utf-8"))
@@ -302,9 +276,7 @@ def merge_store(
     }
     if (shards / REJECTED_NAME).is_file():
         shutil.copyfile(shards / REJECTED_NAME, out / REJECTED_NAME)
-    tmp = out / (CARD_NAME + ".partial")
-    tmp.write_text(json.dumps(new, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    tmp.replace(out / CARD_NAME)
+    write_card(out, new)
     nulls, total = sum(tally.null.values()), new["annotations"]["utterances"]
     log.info("%s: %d samples, %d without a valid synthetic answer (synthetic null)", out, total, nulls)
     return new

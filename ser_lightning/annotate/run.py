@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import tarfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -34,7 +33,7 @@ from ser_lightning.alm.annotator import (
 )
 from ser_lightning.annotate.plan import annotation_plan
 from ser_lightning.annotate.store import AnnotationStore
-from ser_lightning.data.shards.card import iter_shard_meta, read_card, shard_paths
+from ser_lightning.data.shards.card import iter_shard_meta, iter_tar_samples, read_card, shard_paths
 
 log = logging.getLogger(__name__)
 
@@ -84,19 +83,7 @@ def iter_utterances(
     Streams the tar members of the card's shards in order; ``audio`` is None when it does not decode.
     """
     for path in shard_paths(shard_dir, split):
-        members: dict[str, bytes] = {}
-        key = None
-        with tarfile.open(path, "r:") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                name = member.name.split("/")[-1]
-                member_key, _, ext = name.partition(".")
-                if member_key != key:
-                    yield from _utterance(members, wanted, path)
-                    members, key = {}, member_key
-                f = tar.extractfile(member)
-                members[ext] = f.read() if f is not None else b""
+        for _, members in iter_tar_samples(path):
             yield from _utterance(members, wanted, path)
 
 

@@ -202,6 +202,31 @@ def _tar_meta(path: Path, sources: Sequence[str] = ()) -> Iterator[dict[str, Any
         raise ValueError(f"{path}: damaged shard ({type(err).__name__}: {err}); see verify_shards") from err
 
 
+def iter_tar_samples(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """``(key, {extension: member bytes})`` of each sample of a shard, in order, undecoded; a damaged tar is named."""
+    path = Path(path)
+    key: str | None = None
+    members: dict[str, bytes] = {}
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                name = member.name.split("/")[-1]
+                k, _, ext = name.partition(".")
+                if key is not None and k != key:
+                    yield key, members
+                    members = {}
+                key = k
+                f = tar.extractfile(member)
+                assert f is not None
+                members[ext] = f.read()
+    except (tarfile.TarError, EOFError) as err:
+        raise ValueError(f"{path}: damaged shard ({type(err).__name__}: {err}); see verify_shards") from err
+    if key is not None:
+        yield key, members
+
+
 def read_durations(shard: str | Path, limit: int = 512) -> list[float]:
     """``duration`` (seconds) from the JSON of the first ``limit`` samples of a shard, without decoding audio."""
     durations: list[float] = []

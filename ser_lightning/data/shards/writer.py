@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import math
-import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -27,7 +26,6 @@ from tqdm.auto import tqdm
 from ser_lightning.corpora.record import SPLIT_NAMES, ReadReport, UtteranceRecord
 from ser_lightning.data.audio_io import DEFAULT_MAX_DURATION, SILENCE_THRESHOLD, AudioChecks, ordered_map, process_audio
 from ser_lightning.data.shards.card import (
-    CARD_NAME,
     PRIMARY,
     REJECTED_NAME,
     build_card,
@@ -36,6 +34,14 @@ from ser_lightning.data.shards.card import (
     iter_shard_meta,
     null_label_counts,
     read_card,
+)
+from ser_lightning.data.shards.files import (
+    SHARD_PATTERN,
+    check_out_dir,
+    prepare_out_dir,
+    shard_tar_writer,
+    write_card,
+    write_text,
 )
 from ser_lightning.labels import entropy, votes_to_distribution
 
@@ -50,9 +56,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SHARD_PATTERN = "{split}-{index:06d}.tar"
-_SHARD_RE = re.compile(r"^(" + "|".join(SPLIT_NAMES) + r")-\d{6}\.tar(\.partial)?$")
-_TAR_USER = "ser"  # fixed owner names, uid/gid 0 and mtime 0 keep tars byte-identical across runs
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,7 +170,7 @@ class _SplitShardWriter:
         self._file = (self.out_dir / f"{self._name}.partial").open("wb")
         self._sha256 = hashlib.sha256()
         sink = _HashingSink(self._file, self._sha256)
-        self._tar = wds.TarWriter(sink, user=_TAR_USER, group=_TAR_USER, encoder=False, mtime=0)
+        self._tar = shard_tar_writer(sink)
 
     def close(self) -> None:
         if self._tar is None or self._file is None:
@@ -191,41 +194,6 @@ class _HashingSink:
 
     def flush(self) -> None:
         self.file.flush()
-
-
-def _is_managed(path: Path) -> bool:
-    names = (CARD_NAME, REJECTED_NAME, CARD_NAME + ".partial", REJECTED_NAME + ".partial")
-    return path.name in names or bool(_SHARD_RE.match(path.name))
-
-
-def check_out_dir(out_dir: str | Path, overwrite: bool = False) -> None:
-    """Refuse an output directory that is a file, or non-empty without a ``card.json`` (unless ``overwrite``).
-
-    Raises:
-        NotADirectoryError: ``out_dir`` exists and is not a directory.
-        FileExistsError: ``out_dir`` holds files but is not a shard directory and ``overwrite`` is false.
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise NotADirectoryError(f"{out_dir}: exists and is not a directory")
-    if not out_dir.is_dir() or overwrite or (out_dir / CARD_NAME).is_file():
-        return
-    if any(out_dir.iterdir()):
-        raise FileExistsError(
-            f"{out_dir}: directory is not empty and holds no {CARD_NAME} (not a shard directory); "
-            "choose an empty directory or pass overwrite=True (--overwrite) to replace only shard files"
-        )
-
-
-def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
-    """Create ``out_dir`` or clear the files a previous run wrote there; never touch anything else."""
-    check_out_dir(out_dir, overwrite)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stale = [p for p in out_dir.iterdir() if p.is_file() and _is_managed(p)]
-    for p in stale:
-        p.unlink()
-    if stale:
-        logger.info("%s: removed %d files of a previous run", out_dir, len(stale))
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,7 +277,7 @@ def write_shards(
     records = sorted(records, key=_write_order)
     classes = _check_classes(records)
     out_dir = Path(out_dir)
-    _prepare_out_dir(out_dir, overwrite)
+    prepare_out_dir(out_dir, overwrite)
 
     rejected = _reader_rejections(report)
     todo, seen = [], set()
@@ -351,8 +319,8 @@ def write_shards(
     card["audio_checks"] = checks.card()
     if report is not None:  # what the reader counted but did not reject, kept with the data
         card["reader"] = report.card()
-    _write_text(out_dir / REJECTED_NAME, "".join(_dumps(r) + "\n" for r in rejected))
-    _write_text(out_dir / CARD_NAME, json.dumps(card, indent=2, allow_nan=False) + "\n")
+    write_text(out_dir / REJECTED_NAME, "".join(_dumps(r) + "\n" for r in rejected))
+    write_card(out_dir, card)
     return card
 
 
@@ -377,7 +345,7 @@ def refresh_card(shard_dir: str | Path) -> dict[str, Any]:
     for key in ("audio_checks", "reader", "annotations"):  # counted from the original audio / reader / store: kept
         if key in old:
             card[key] = old[key]
-    _write_text(shard_dir / CARD_NAME, json.dumps(card, indent=2, allow_nan=False) + "\n")
+    write_card(shard_dir, card)
     return card
 
 
@@ -394,9 +362,3 @@ def _reject(record: UtteranceRecord, reason: str) -> dict[str, Any]:
 
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, allow_nan=False)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
