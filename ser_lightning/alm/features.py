@@ -81,11 +81,83 @@ class Qwen2AudioFeatures:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """``input_ids``, ``attention_mask`` (right padded), ``input_features``, ``feature_attention_mask``."""
-        audio, mask = batch["audio"], batch["audio_mask"]
-        lengths = mask.sum(-1).tolist()
-        audios = [np.asarray(audio[i, : int(n)].float().cpu().numpy(), dtype=np.float32) for i, n in enumerate(lengths)]
+        audios = batch_clips(batch)
         size = len(audios)
         transcripts = list(batch.get("transcripts") or [""] * size)
         speakers = list(batch.get("speakers") or [""] * size)
         out = qwen2_audio_inputs(self.processor, audios, transcripts, speakers, self.classes, self.sampling_rate)
+        return {key: out[key] for key in FEATURE_KEYS}
+
+
+def batch_clips(batch: dict[str, Any]) -> list[np.ndarray]:
+    """The valid part of each clip of a collated batch (``audio`` cut at ``audio_mask``), float32 numpy."""
+    audio, mask = batch["audio"], batch["audio_mask"]
+    lengths = mask.sum(-1).tolist()
+    return [np.asarray(audio[i, : int(n)].float().cpu().numpy(), dtype=np.float32) for i, n in enumerate(lengths)]
+
+
+class ZeroShotFeatures(Qwen2AudioFeatures):
+    """Batch transform for zero-shot ALM inference: the prompt of the chosen strategy, LEFT padded for generation.
+
+    ``base`` / ``bon`` / ``wbon`` / ``verifier`` / ``wverifier`` ask with the plain prompt of paper 003's Appendix
+    Table 1, ``cot`` with Table 2's; ``exact`` with Table 1 of the Scaling Ambiguity paper (the annotator's
+    single-label prompt, persona ``persona``), whose first answer token is a class name.
+
+    Args:
+        classes: the names the prompt lists and the answer is parsed against (the model's ``prompt_classes``).
+        strategy: the test-time strategy (see :class:`ser_lightning.models.ALMDistribution`).
+        target: ``utterance`` or ``audio`` (A.1's CREMA-D wording).
+        background: the Background row (``None`` leaves it out).
+        persona: the annotation persona of ``exact``.
+        backbone, sampling_rate, num_mel_bins, vocab_size, processor: as :class:`Qwen2AudioFeatures`.
+    """
+
+    def __init__(
+        self,
+        classes: Sequence[str],
+        strategy: str = "base",
+        target: str = "utterance",
+        background: str | None = None,
+        persona: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(classes, **kwargs)
+        self.strategy = strategy
+        self.target = target
+        self.background = background
+        self.persona = persona
+
+    def conversation(self, audio: np.ndarray, transcript: str | None) -> list[dict[str, Any]]:
+        """The chat messages of one utterance under this strategy."""
+        if self.strategy == "exact":
+            from ser_lightning.alm.prompts import annotation_conversation
+
+            return annotation_conversation(audio, transcript, self.classes, self.persona)
+        from ser_lightning.alm.tts_prompts import zeroshot_conversation
+
+        return zeroshot_conversation(
+            audio,
+            transcript,
+            self.classes,
+            cot=self.strategy == "cot",
+            target=self.target,
+            background=self.background,
+        )
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """``input_ids``, ``attention_mask`` (left padded), ``input_features``, ``feature_attention_mask``."""
+        audios = batch_clips(batch)
+        transcripts = list(batch.get("transcripts") or [""] * len(audios))
+        texts = [
+            self.processor.apply_chat_template(self.conversation(a, t), add_generation_prompt=True, tokenize=False)
+            for a, t in zip(audios, transcripts, strict=True)
+        ]
+        out = self.processor(
+            text=texts,
+            audio=audios,
+            sampling_rate=self.sampling_rate,
+            return_tensors="pt",
+            padding="longest",
+            padding_side="left",
+        )
         return {key: out[key] for key in FEATURE_KEYS}

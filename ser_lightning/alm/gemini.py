@@ -5,7 +5,8 @@ audio, their system instruction, the request's temperature. Unlike it, retries a
 exponential back-off with jitter on 408/429/5xx and timeouts), every HTTP attempt passes a token-bucket rate limit,
 and a request that finally fails raises :class:`AnnotationError` instead of returning None, so the tool asks again
 later rather than storing a gap. No base URL is set here: the SDK reads ``GOOGLE_GEMINI_BASE_URL``, so a compatible
-endpoint or a local fake needs no code change.
+endpoint or a local fake needs no code change. :class:`GeminiClient` holds that HTTP machinery; the verifier
+(``alm.verifier.GeminiVerifier``) reuses it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,16 @@ from ser_lightning.alm.annotator import AnnotationAnswer, AnnotationError, Annot
 from ser_lightning.alm.parsing import parse_label
 from ser_lightning.alm.prompts import ANNOTATION_SYSTEM_MESSAGE, annotation_prompt
 
-__all__ = ["GeminiAnnotator", "RateLimiter", "answer_from_response", "gemini_api_key", "wav_bytes"]
+__all__ = [
+    "GeminiAnnotator",
+    "GeminiClient",
+    "RateLimiter",
+    "answer_from_response",
+    "gemini_api_key",
+    "response_text",
+    "response_tokens",
+    "wav_bytes",
+]
 
 
 def gemini_api_key(api_key: str | None = None) -> str:
@@ -72,8 +82,8 @@ class RateLimiter:
         return wait
 
 
-class GeminiAnnotator:
-    """Gemini through google-genai (``make_backend("gemini", model)``); ``annotate`` is thread-safe.
+class GeminiClient:
+    """The HTTP side of a Gemini model: retries, rate limit, failure types and counts; thread-safe.
 
     Args:
         model: the Gemini model name (the paper: ``gemini-2.5-pro``).
@@ -86,15 +96,9 @@ class GeminiAnnotator:
         timeout: seconds per HTTP attempt (the SDK takes milliseconds).
         requests_per_second: rate limit over all threads and all attempts (retries included); ``None`` = none.
         burst: how many attempts may go out at once after an idle spell.
-        system_instruction: the system message (the authors' by default; ``None`` sends none).
+        system_instruction: the system message; ``None`` sends none.
         max_output_tokens: cap on the answer; ``None`` leaves the model's (thinking models spend tokens thinking).
-        seed: when given, each request sends ``generationConfig.seed`` derived from ``(seed, uid, k)``, so a re-run
-            asks with the same seed (the API calls its seeding best effort); ``None`` sends none, as the authors.
     """
-
-    name = "gemini"
-    mode = "sample"
-    max_batch = 1
 
     def __init__(
         self,
@@ -109,9 +113,8 @@ class GeminiAnnotator:
         timeout: float = 180.0,
         requests_per_second: float | None = None,
         burst: int = 1,
-        system_instruction: str | None = ANNOTATION_SYSTEM_MESSAGE,
+        system_instruction: str | None = None,
         max_output_tokens: int | None = None,
-        seed: int | None = None,
     ) -> None:
         try:
             from google import genai
@@ -129,7 +132,6 @@ class GeminiAnnotator:
         self.stats: dict[str, int] = {"requests": 0, "retries": 0, "failures": 0, "tokens": 0}
         self.system_instruction = system_instruction
         self.max_output_tokens = max_output_tokens
-        self.seed = seed
         self.limiter = RateLimiter(requests_per_second, burst) if requests_per_second else None
         self._lock = threading.Lock()
         self._types = types
@@ -156,24 +158,6 @@ class GeminiAnnotator:
         with self._lock:
             self._attempts += 1
 
-    def _config(self, request: AnnotationRequest) -> Any:
-        """One candidate at the request's temperature (and its seed, when the run has one)."""
-        seed = None if self.seed is None else request_seed(self.seed, request.uid, request.k) & 0x7FFFFFFF  # int32
-        return self._types.GenerateContentConfig(
-            system_instruction=self.system_instruction,
-            temperature=float(request.temperature),
-            candidate_count=1,
-            max_output_tokens=self.max_output_tokens,
-            seed=seed,
-        )
-
-    def _contents(self, request: AnnotationRequest) -> list[Any]:
-        """Prompt text, then the clip as inline WAV (the notebook's order)."""
-        types = self._types
-        prompt = annotation_prompt(request.transcript, request.classes, request.persona)
-        audio = types.Part.from_bytes(data=wav_bytes(request.audio, request.sample_rate), mime_type="audio/wav")
-        return [types.Content(role="user", parts=[types.Part.from_text(text=prompt), audio])]
-
     def _count(self, key: str, value: int = 1) -> None:
         with self._lock:
             self.stats[key] += value
@@ -182,23 +166,103 @@ class GeminiAnnotator:
         with self._lock:
             self.stats["retries"] = max(0, self._attempts - self.stats["requests"])
 
-    def annotate_one(self, request: AnnotationRequest) -> AnnotationAnswer:
-        """One request; raises AnnotationError when the SDK's retries are exhausted or the error is not retryable."""
-        contents, config = self._contents(request), self._config(request)
+    def response(
+        self,
+        prompt: str,
+        audio: np.ndarray,
+        sample_rate: int,
+        *,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        what: str = "gemini request",
+    ) -> Any:
+        """The SDK's response to the prompt text then the clip as inline WAV (the notebook's order), one candidate.
+
+        Raises AnnotationError (``what`` names the request) when the SDK's retries are exhausted or the error is not
+        retryable.
+        """
+        types = self._types
+        part = types.Part.from_bytes(data=wav_bytes(audio, sample_rate), mime_type="audio/wav")
+        contents = [types.Content(role="user", parts=[types.Part.from_text(text=prompt), part])]
+        config = types.GenerateContentConfig(
+            system_instruction=self.system_instruction,
+            temperature=float(temperature),
+            candidate_count=1,
+            max_output_tokens=self.max_output_tokens,
+            seed=seed,
+        )
         self._count("requests")
         try:
             response = self._client.models.generate_content(model=self.model, contents=contents, config=config)
         except self._failures as exc:
             self._count("failures")
             code = getattr(exc, "code", None)
-            what = f"{code} {exc}" if isinstance(code, int) else f"{type(exc).__name__}: {exc}"
-            raise AnnotationError(f"gemini request {request.uid}/{request.k} failed: {what}") from exc
+            reason = f"{code} {exc}" if isinstance(code, int) else f"{type(exc).__name__}: {exc}"
+            raise AnnotationError(f"{what} failed: {reason}") from exc
         finally:
             self._sync_retries()
-        answer = answer_from_response(response, request.classes)
-        if answer.tokens:
-            self._count("tokens", answer.tokens)
-        return answer
+        tokens = response_tokens(response)
+        if tokens:
+            self._count("tokens", tokens)
+        return response
+
+    def generate(
+        self, prompt: str, audio: np.ndarray, sample_rate: int, *, temperature: float = 0.0, seed: int | None = None
+    ) -> tuple[str, int | None]:
+        """The first candidate's text (its non-thought parts; "" when none) and the total tokens of one request.
+
+        Raises AnnotationError when the request finally fails.
+        """
+        response = self.response(prompt, audio, sample_rate, temperature=temperature, seed=seed)
+        return response_text(response), response_tokens(response)
+
+    def close(self) -> None:
+        """Close the SDK's HTTP client."""
+        self._client.close()
+
+
+class GeminiAnnotator:
+    """Gemini through google-genai (``make_backend("gemini", model)``); ``annotate`` is thread-safe.
+
+    Args:
+        model: the Gemini model name (the paper: ``gemini-2.5-pro``).
+        system_instruction: the system message (the authors' by default; ``None`` sends none).
+        seed: when given, each request sends ``generationConfig.seed`` derived from ``(seed, uid, k)``, so a re-run
+            asks with the same seed (the API calls its seeding best effort); ``None`` sends none, as the authors.
+        options: the :class:`GeminiClient`'s (``api_key``, ``attempts``, ``initial_delay``, ``max_delay``,
+            ``exp_base``, ``jitter``, ``timeout``, ``requests_per_second``, ``burst``, ``max_output_tokens``).
+    """
+
+    name = "gemini"
+    mode = "sample"
+    max_batch = 1
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        system_instruction: str | None = ANNOTATION_SYSTEM_MESSAGE,
+        seed: int | None = None,
+        **options: Any,
+    ) -> None:
+        self.model = model
+        self.seed = seed
+        self.client = GeminiClient(model, system_instruction=system_instruction, **options)
+        self.stats = self.client.stats  # requests, retries, failures, tokens
+
+    def annotate_one(self, request: AnnotationRequest) -> AnnotationAnswer:
+        """One request; raises AnnotationError when the SDK's retries are exhausted or the error is not retryable."""
+        seed = None if self.seed is None else request_seed(self.seed, request.uid, request.k) & 0x7FFFFFFF  # int32
+        prompt = annotation_prompt(request.transcript, request.classes, request.persona)
+        response = self.client.response(
+            prompt,
+            request.audio,
+            request.sample_rate,
+            temperature=request.temperature,
+            seed=seed,
+            what=f"gemini request {request.uid}/{request.k}",
+        )
+        return answer_from_response(response, request.classes)
 
     def annotate(self, requests: Sequence[AnnotationRequest]) -> list[AnnotationAnswer]:
         """Answers in request order, one API call each (``max_batch`` is 1; threads give the concurrency)."""
@@ -206,13 +270,26 @@ class GeminiAnnotator:
 
     def close(self) -> None:
         """Close the SDK's HTTP client."""
-        self._client.close()
+        self.client.close()
+
+
+def response_tokens(response: Any) -> int | None:
+    """The response's ``usage_metadata.total_token_count`` (None when absent)."""
+    usage = getattr(response, "usage_metadata", None)
+    return getattr(usage, "total_token_count", None) if usage is not None else None
+
+
+def response_text(response: Any) -> str:
+    """The first candidate's non-thought text parts joined; "" for no candidate or a candidate without content."""
+    candidates = response.candidates or []
+    if not candidates or candidates[0].content is None or not candidates[0].content.parts:
+        return ""
+    return "".join(p.text for p in candidates[0].content.parts if p.text and not p.thought)
 
 
 def answer_from_response(response: Any, classes: Sequence[str]) -> AnnotationAnswer:
     """The first candidate's text parsed to a label; a blocked prompt or an empty/SAFETY candidate is label None."""
-    usage = getattr(response, "usage_metadata", None)
-    tokens = getattr(usage, "total_token_count", None) if usage is not None else None
+    tokens = response_tokens(response)
     candidates = response.candidates or []
     if not candidates:
         feedback = getattr(response, "prompt_feedback", None)
@@ -220,8 +297,7 @@ def answer_from_response(response: Any, classes: Sequence[str]) -> AnnotationAns
         reason = f"prompt blocked: {_enum_name(block)}" if block else "no candidate in the response"
         return AnnotationAnswer(None, None, "", reason, tokens)
     candidate = candidates[0]
-    parts = candidate.content.parts if candidate.content is not None and candidate.content.parts else []
-    raw = "".join(p.text for p in parts if p.text and not p.thought)
+    raw = response_text(response)
     if not raw.strip():
         finish = _enum_name(candidate.finish_reason) if candidate.finish_reason else "unknown"
         return AnnotationAnswer(None, None, raw, f"empty answer (finish reason {finish})", tokens)

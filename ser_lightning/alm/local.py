@@ -166,15 +166,10 @@ class Qwen2AudioAnnotator:
         }
 
     def _generation_config(self, max_new_tokens: int, **extra: Any) -> Any:
-        """Greedy over the SeededSampler's output; nothing of the hub's sampling defaults (top-k/p, penalties)."""
-        from transformers import GenerationConfig
+        """Greedy over the SeededSampler's output; nothing of the hub's defaults (top-k/p, penalties, n-gram bans)."""
+        from ser_lightning.alm.generation import generation_config
 
-        tokenizer = self.processor.tokenizer
-        eos = [t for t in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|endoftext|>")) if t is not None]
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
-        return GenerationConfig(
-            do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad, **extra
-        )
+        return generation_config(self.processor.tokenizer, max_new_tokens, **extra)
 
     def _class_ids(self, classes: Sequence[str]) -> list[int]:
         """The classes' first token ids, checked once per class tuple."""

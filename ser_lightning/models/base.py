@@ -9,11 +9,13 @@ DataModule hands over (``trainer.datamodule.eval_expectation``); otherwise the r
 the split, the counts and the damaged shards, or with ``allow_partial_eval`` warns and reports
 ``complete: false``. A pass the trainer cut on purpose (``limit_*_batches``, ``fast_dev_run``, sanity
 check) is reported as incomplete without an error.
+
+Every test pass also writes ``test_predictions.jsonl`` into the log directory (one line per scored utterance:
+target, prediction and the model's per-utterance extras, see :mod:`ser_lightning.models.test_predictions`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -21,13 +23,14 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from ser_lightning.metrics import AmbiguityBinnedMetrics
 from ser_lightning.metrics.functional.distribution import js_divergence_per_item
 from ser_lightning.metrics.functional.probability import entropy
 from ser_lightning.models.figures import bin_bar_chart, confusion_figure
+from ser_lightning.models.gather import gather_json
+from ser_lightning.models.test_predictions import ScoredPredictions, merge_extras
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,7 @@ class DistributionModule(L.LightningModule):
         self._tally: dict[str, dict[str, Any]] = {stage: _new_tally() for stage in EVAL_STAGES}
         self._expectation: dict[str, dict[str, Any] | None] = dict.fromkeys(EVAL_STAGES)
         self.eval_reports: dict[str, dict[str, Any]] = {}  # stage -> the last pass's accounting (see _account)
+        self.test_predictions = ScoredPredictions()  # the test pass's records -> test_predictions.jsonl
 
     # -- to implement ------------------------------------------------------------------------
     def forward(self, batch: dict[str, Any]) -> Tensor:
@@ -70,6 +74,10 @@ class DistributionModule(L.LightningModule):
     def training_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Loss terms for a batch; ``loss`` is the one optimised, the others are logged."""
         raise NotImplementedError
+
+    def predict_with_details(self, batch: dict[str, Any]) -> tuple[Tensor, list[dict[str, Any]] | None]:
+        """(B, C) probabilities and per-utterance extra fields (e.g. raw ALM output, parse strategy) or None."""
+        return self(batch), None
 
     # -- loops -------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
@@ -81,7 +89,8 @@ class DistributionModule(L.LightningModule):
         return terms["loss"]
 
     def _eval_step(self, stage: str, batch: dict[str, Any]) -> None:
-        self._update_eval_metrics(stage, self(batch), batch)
+        probs, extras = self.predict_with_details(batch)
+        self._update_eval_metrics(stage, probs, batch, extras)
 
     def _eval_batch(self, stage: str, batch: dict[str, Any]) -> None:
         """Tally the batch (its samples and the stream's skips) and score it, unless it only carries skips."""
@@ -100,9 +109,13 @@ class DistributionModule(L.LightningModule):
             ref = torch.as_tensor(mean, dtype=torch.float64, device=target.device).expand_as(target)
             tally["train_mean_js"] += float(js_divergence_per_item(ref, target).sum())
 
-    def _update_eval_metrics(self, stage: str, probs: Tensor, batch: dict[str, Any]) -> None:
+    def _update_eval_metrics(
+        self, stage: str, probs: Tensor, batch: dict[str, Any], extras: list[dict[str, Any]] | None = None
+    ) -> None:
         # bins follow the target entropy stored with each sample (float64 nats), not one recomputed here
         self.eval_metrics[stage].update(probs.float(), batch["targets"].float(), batch["entropy"])
+        if stage == "test":
+            self.test_predictions.add(batch, probs, extras)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Accumulate validation metrics."""
@@ -119,6 +132,7 @@ class DistributionModule(L.LightningModule):
     def on_test_epoch_start(self) -> None:
         """Start the pass's tally and take what it must account for from the DataModule."""
         self._start_eval("test")
+        self.test_predictions.reset()
 
     def on_validation_epoch_end(self) -> None:
         """Check the pass is complete, then log val metrics overall and per bin, and the figures."""
@@ -126,9 +140,10 @@ class DistributionModule(L.LightningModule):
         self._log_eval("val")
 
     def on_test_epoch_end(self) -> None:
-        """Check the pass is complete, then log test metrics overall and per bin, and the figures."""
+        """Check the pass is complete, log test metrics overall and per bin and the figures, write the predictions."""
         self._account("test")
         self._log_eval("test")
+        self.test_predictions.write(self.trainer, self.device)
 
     # -- completeness ------------------------------------------------------------------------
     def _start_eval(self, stage: str) -> None:
@@ -153,7 +168,7 @@ class DistributionModule(L.LightningModule):
         ``complete`` is true when every sample the card lists was scored or skipped with a reason and no shard
         failed while streaming; ``None`` without a DataModule that states an expectation.
         """
-        tallies = _gather(self._tally[stage], self.trainer.world_size, self.device)
+        tallies = gather_json(self._tally[stage], self.trainer.world_size, self.device)
         scored = sum(t["scored"] for t in tallies)
         records = [r for t in tallies for r in t["skipped"]]
         samples = sorted((r for r in records if r.get("key") is not None), key=lambda r: (str(r["shard"]), r["key"]))
@@ -242,14 +257,16 @@ class DistributionModule(L.LightningModule):
 
     # -- prediction --------------------------------------------------------------------------
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        """One record per utterance: id, classes, probabilities, entropy (nats)."""
+        """One record per utterance: id, classes, probabilities, entropy (nats), and the model's extra fields."""
         if _skips_only(batch):
             return []
-        probs = self(batch).float()
+        probs, extras = self.predict_with_details(batch)
+        probs = probs.float()
         ent = entropy(probs)
+        rows = extras if extras is not None else [None] * len(batch["ids"])
         return [
-            {"id": uid, "classes": self.classes, "probabilities": p.tolist(), "entropy": float(h)}
-            for uid, p, h in zip(batch["ids"], probs.cpu(), ent.cpu(), strict=True)
+            merge_extras({"id": uid, "classes": self.classes, "probabilities": p.tolist(), "entropy": float(h)}, x)
+            for uid, p, h, x in zip(batch["ids"], probs.cpu(), ent.cpu(), rows, strict=True)
         ]
 
 
@@ -261,19 +278,3 @@ def _skips_only(batch: dict[str, Any]) -> bool:
     """A batch of no samples that only carries the stream's ``skipped`` records (see ``EvalStream``)."""
     return "targets" not in batch and not batch.get("ids")
 
-
-def _gather(obj: dict[str, Any], world_size: int, device: torch.device) -> list[dict[str, Any]]:
-    """``obj`` (JSON-able) of every rank, in rank order; a collective call under DDP, so every rank must make it.
-
-    Sent as padded UTF-8 JSON tensors on ``device`` (NCCL needs CUDA tensors); ``all_gather_object`` is
-    avoided: with gloo across nodes it aborted the process at exit.
-    """
-    if world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
-        return [obj]
-    data = torch.tensor(list(json.dumps(obj).encode("utf-8")), dtype=torch.uint8, device=device)
-    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, torch.tensor([data.numel()], dtype=torch.long, device=device))
-    width = max(int(n) for n in sizes)
-    padded = [torch.zeros(width, dtype=torch.uint8, device=device) for _ in sizes]
-    dist.all_gather(padded, torch.cat([data, data.new_zeros(width - data.numel())]))
-    return [json.loads(bytes(p[: int(n)].cpu().tolist()).decode("utf-8")) for p, n in zip(padded, sizes, strict=True)]

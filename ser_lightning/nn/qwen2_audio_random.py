@@ -46,7 +46,9 @@ WORDS = tuple(
             "text pay attention vocal tone pitch intensity speaking rate consider that can be ambiguous multiple may "
             "present simultaneously only use from ensure probabilities sum answer as json dictionary with exact "
             "emotion labels keys values for example important no other has rely solely on cues system user assistant "
-            "you are an expert who anger happiness neutral sadness i am so happy today leave me alone"
+            "you are an expert who anger happiness neutral sadness i am so happy today leave me alone "
+            # the emotion names of the corpora's class sets (ALM zero-shot and exact tests need known first tokens)
+            "angry disgust fear sad surprise contempt float"
         ).split()
     )
 )

@@ -97,6 +97,11 @@ def _test_metrics(tmp_path: Path, version: str) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if k.startswith("test/")}
 
 
+def _test_predictions(tmp_path: Path, version: str) -> list[dict]:
+    lines = (tmp_path / "ddp" / version / "test_predictions.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
 def _assert_same(got: dict[str, float], want: dict[str, float]) -> None:
     assert got.keys() == want.keys()
     for key, value in want.items():
@@ -121,3 +126,11 @@ def test_ddp_fit_and_test_match_single_process(tmp_path, nnodes, nproc):
     assert single["test/count"] == 144  # every test clip exactly once
     _assert_same(_test_metrics(tmp_path, "ddp-test"), single)
     assert fit_test["test/count"] == 144
+    # test_predictions.jsonl: every rank's records merged on rank 0, one line per scored clip, as one process
+    merged = _test_predictions(tmp_path, "ddp-test")
+    alone = _test_predictions(tmp_path, "single-test")
+    assert len(merged) == len(alone) == len(_test_predictions(tmp_path, "fit")) == 144
+    assert [r["id"] for r in merged] == [r["id"] for r in alone]
+    for got, want in zip(merged, alone, strict=True):
+        assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-5)
+        assert got["target"] == want["target"]
