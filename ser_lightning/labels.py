@@ -172,10 +172,43 @@ def votes_to_distribution(counts: np.ndarray | Sequence[float]) -> np.ndarray:
 def merge_votes(
     primary: np.ndarray | Sequence[float], secondary: np.ndarray | Sequence[float], secondary_weight: float = 1.0
 ) -> np.ndarray:
-    """Primary + ``secondary_weight`` x secondary vote counts (merged primary+secondary targets)."""
+    """Primary + ``secondary_weight`` x secondary counts, a secondary one full vote (not ``merged``: weighted_merge)."""
     if secondary_weight < 0:
         raise ValueError("secondary_weight must be >= 0")
     return np.asarray(primary, dtype=np.float64) + secondary_weight * np.asarray(secondary, dtype=np.float64)
+
+
+MERGED_RULE = "authors-weighted"  # the card's label_sources.merged.rule.name (see merged_rule)
+
+
+def merged_rule(primary_weight: float = 0.95, secondary_weight: float = 0.05) -> dict[str, object]:
+    """The card record of the ``merged`` rule: ``{"name": MERGED_RULE, "primary_weight", "secondary_weight"}``."""
+    if not (primary_weight >= 0 and secondary_weight >= 0 and primary_weight + secondary_weight > 0):
+        raise ValueError(f"merged weights must be >= 0 and not both 0, got {primary_weight}, {secondary_weight}")
+    return {"name": MERGED_RULE, "primary_weight": float(primary_weight), "secondary_weight": float(secondary_weight)}
+
+
+def weighted_merge(
+    primary: np.ndarray | Sequence[float],
+    secondary: np.ndarray | Sequence[float],
+    primary_weight: float = 0.95,
+    secondary_weight: float = 0.05,
+) -> np.ndarray:
+    """``normalise(w_p P + w_s S)``: P, S the normalised primary and secondary counts; P where S is empty.
+
+    Follows the entropy-curriculum authors (Omidi et al., ``prepare_msp_podcast.py``: ``parse_labels_txt``
+    builds P and S, ``_merge_dist`` weights and renormalises). Rows without primary votes raise.
+    """
+    merged_rule(primary_weight, secondary_weight)  # checks the weights
+    p = votes_to_distribution(primary)
+    s = np.asarray(secondary, dtype=np.float64)
+    if np.any(s < 0):
+        raise ValueError("secondary counts must be non-negative")
+    s_total = s.sum(axis=-1, keepdims=True)
+    s = np.divide(s, s_total, out=np.zeros_like(s), where=s_total > 0)
+    out = primary_weight * p + secondary_weight * s
+    total = out.sum(axis=-1, keepdims=True)
+    return np.where(total > 0, out / np.where(total > 0, total, 1.0), p)  # w_p = 0 and no S: P
 
 
 def combine_annotations(

@@ -24,9 +24,12 @@ def load_qwen2_audio_processor(backbone: str | Path) -> Any:
     """The processor of a hub id or a local directory (read offline), tokenizer right-padded."""
     from transformers import AutoProcessor
 
+    from ser_lightning.nn.pretrained import pretrained
+
     path = Path(backbone).expanduser()
     local = path.is_dir()
-    processor = AutoProcessor.from_pretrained(str(path if local else backbone), local_files_only=local)
+    source = path if local else backbone
+    processor = pretrained(AutoProcessor.from_pretrained, source, what="Qwen2-Audio processor", local_files_only=local)
     processor.tokenizer.padding_side = "right"
     return processor
 

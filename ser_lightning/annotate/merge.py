@@ -29,6 +29,7 @@ from ser_lightning.data.shards.card import (
     common_sources,
     describe_shard,
     iter_tar_samples,
+    label_rules,
     read_card,
 )
 from ser_lightning.data.shards.files import check_out_dir, shard_tar_writer, write_card
@@ -258,6 +259,7 @@ def merge_store(
     new = build_card(
         classes, splits, tally.primary, sources, card["shards"], card.get("rejected", 0), card["sample_rate"],
         tally.train_meta, shard_info, null_labels={SYNTHETIC: dict(tally.null)},
+        label_rules=label_rules(card),  # e.g. how `merged` was built: the copied samples keep it
     )  # fmt: skip
     for key in ("audio_checks", "reader"):  # counted from the original audio / corpus reader: kept as written
         if key in card:

@@ -154,6 +154,21 @@ class FiniteModelCheckpoint(ModelCheckpoint):
     is written on a :class:`NonFiniteError` even with ``save_on_exception`` (its weights may be NaN).
     """
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Lightning's setup; remember whether this pass fits (it runs before the checkpoint is restored)."""
+        super().setup(trainer, pl_module, stage)
+        self._fitting = stage == "fit"
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the state; outside ``fit`` quietly (nothing is saved, so a changed directory does not matter).
+
+        ``validate`` / ``test`` / ``predict`` of an older checkpoint log elsewhere than its ``checkpoints/``, and
+        Lightning would warn "The dirpath has changed".
+        """
+        if not getattr(self, "_fitting", True):
+            state_dict = {**state_dict, "dirpath": self.dirpath}
+        super().load_state_dict(state_dict)
+
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Forget the non-finite values of an earlier fit."""
         super().on_fit_start(trainer, pl_module)

@@ -141,7 +141,7 @@ def resolve_last(config: Any) -> None:
     root = config.get("trainer.default_root_dir") or "."
     if logger is True:  # Lightning's default TensorBoardLogger; its version cannot be set from here
         save_dir, name, version, init = root, "lightning_logs", None, None
-    elif (init := _logger_init_args(logger)) is not None:
+    elif (init := logger_init_args(logger)) is not None:
         save_dir, name, version = init.get("save_dir") or ".", init.get("name") or "", init.get("version")
     else:  # no logger: checkpoints go to default_root_dir/checkpoints
         path = Path(root) / "checkpoints" / LAST
@@ -162,7 +162,7 @@ def resolve_last(config: Any) -> None:
     log.warning("--ckpt_path last: resuming %s (run directory %s)", path, path.parent.parent)
 
 
-def _logger_init_args(logger: Any) -> Any | None:
+def logger_init_args(logger: Any) -> Any | None:
     """The ``init_args`` of a configured logger with ``save_dir`` and ``name`` (TensorBoard, CSV), else ``None``."""
     if isinstance(logger, list):
         logger = logger[0] if logger else None

@@ -75,8 +75,11 @@ def _read_iemocap(args: argparse.Namespace) -> tuple[list[UtteranceRecord], Read
 def _read_msp_podcast(args: argparse.Namespace) -> tuple[list[UtteranceRecord], ReadReport]:
     from ser_lightning.corpora.msp_podcast import read_msp_podcast
 
-    names = ("classes", "split", "folds", "fold", "seed", "secondary_weight", "drop_out_of_set_votes")
-    return read_msp_podcast(args.root, **_given(args, *names))
+    names = ("classes", "split", "folds", "fold", "seed", "merged_weights", "drop_out_of_set_votes")
+    kwargs = _given(args, *names)
+    if "merged_weights" in kwargs:
+        kwargs["merged_weights"] = tuple(kwargs["merged_weights"])
+    return read_msp_podcast(args.root, **kwargs)
 
 
 def _read_crema_d(args: argparse.Namespace) -> tuple[list[UtteranceRecord], ReadReport]:
@@ -132,6 +135,25 @@ def _common_options(root_required: bool) -> argparse.ArgumentParser:
     return p
 
 
+# the manifest's columns (CSV) / keys (JSONL), as ser_lightning.corpora.manifest reads them; docs/shard-format.md
+MANIFEST_COLUMNS = """\
+columns (CSV) or keys (JSON Lines):
+  audio         required: audio file, relative to --root, else to the manifest's folder
+  id            utterance id (default: the audio file's stem)
+  transcript    the words spoken (for models that read text)
+  speaker       speaker id (stored in each sample's JSON)
+  votes, one of:
+    <class>     CSV: one vote-count column per class, named like the class (case-insensitive; all classes)
+    votes       JSONL: {class: count} or a list aligned with the classes
+    labels      one label per rater (CSV: ';'-separated; JSONL: a list, an entry may be a list of tags)
+  valence, arousal, dominance
+                dimensional ratings: all three or none
+  vad_scale     their scale as "lo,hi" (JSONL also [lo, hi])
+  split         with --split given: train, val, test, test1, test2, test3 (dev, valid, validation = val)
+A row whose audio file is missing or whose votes name a class outside --classes is rejected with its reason
+(see --drop-out-of-set-votes); other unknown CSV columns are reported as unused."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``ser-prepare`` argument parser with one sub-command per corpus."""
     parser = argparse.ArgumentParser(prog="ser-prepare", description=__doc__.split("\n")[0])
@@ -156,7 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["official", "folds"], help="official partition or speaker folds")
     p.add_argument("--folds", type=_positive_int, help="number of folds with --split folds")
     p.add_argument("--fold", type=int, help="test fold with --split folds")
-    p.add_argument("--secondary-weight", type=float, help="weight of secondary votes in the merged source")
+    p.add_argument(
+        "--merged-weights",
+        type=_non_negative,
+        nargs=2,
+        metavar=("W_P", "W_S"),
+        help="weights of the merged source, normalise(W_P x primary distribution + W_S x secondary distribution), "
+        "each rater's secondaries sharing one vote (reader default: 0.95 0.05, the entropy-curriculum authors')",
+    )
     p.add_argument("--drop-out-of-set-votes", action="store_true", default=None, help=DROP_HELP)
     p.set_defaults(reader=_read_msp_podcast)
 
@@ -165,7 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modality", choices=["voice", "face", "av"], help="whose votes: audio-only raters by default")
     p.set_defaults(reader=_read_crema_d)
 
-    p = sub.add_parser("manifest", parents=[_common_options(root_required=False)], help="a CSV/JSONL manifest")
+    p = sub.add_parser(
+        "manifest",
+        parents=[_common_options(root_required=False)],
+        help="a CSV/JSONL manifest",
+        description="Shards from a manifest: CSV or JSON Lines (by the file suffix), one utterance per row.",
+        epilog=MANIFEST_COLUMNS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--manifest", type=Path, required=True, help="manifest file")
     p.add_argument("--classes", required=True, help="class-set name (e.g. cremad6) or class names A,B,C")
     p.add_argument("--split", choices=["given", "random"], help="the manifest's split column or a random split")

@@ -197,6 +197,15 @@ def _read_transcripts(session_dir: Path) -> dict[str, str]:
     return out
 
 
+_UTTERANCE_SESSION = re.compile(r"^Ses(\d{2})[FM]_")
+
+
+def session_from_id(utt_id: str) -> int | None:
+    """The session number of an IEMOCAP utterance id (``Ses01F_impro01_F000`` -> 1), or ``None`` for other ids."""
+    m = _UTTERANCE_SESSION.match(utt_id)
+    return int(m.group(1)) if m else None
+
+
 def _speaker(utt_id: str) -> str:
     return f"{utt_id[:5]}_{utt_id.rsplit('_', 1)[-1][:1]}"
 

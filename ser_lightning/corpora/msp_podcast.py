@@ -7,21 +7,29 @@ Files read under ``root``:
       EmoDom`` (one row per rater). ``EmoClass_Second`` is a comma-separated list (``"Happy,Surprise"``).
     * ``Audios/<FileName>`` and ``Transcripts/<stem>.txt``.
 
-Votes:
-    * ``primary``: one vote per rater for ``EmoClass_Major``. A major outside the class set is counted in
+Votes (``primary`` and ``merged``); rater labels are mapped onto the class set with the entropy-curriculum
+authors' canonical map first (:data:`CANONICAL_NAMES`: frustrated/annoyed -> Angry, excited/amused -> Happy,
+disappointed/concerned/depressed -> Sad, ...), then the class set's names and aliases:
+    * ``primary``: one vote per rater for ``EmoClass_Major`` (``Other-<text>`` counts as ``Other``). In a class
+      set with ``Other`` (``msp9``) a name outside the set counts as ``Other`` (counted in
+      ``report.notes["primary_unknown_to_other"]``), as the authors map it. Otherwise it is counted in
       ``report.ignored_labels`` and skips the utterance (reason in ``report.skipped``), unless
       ``drop_out_of_set_votes``: then the vote is left out and counted in ``report.dropped_votes`` (the
       usual 8-class protocol, ``msp8`` without Other, needs it). An utterance with no primary vote inside
       the set is skipped with a reason either way.
-    * ``merged``: ``primary + secondary_weight x secondary``, the merged primary+secondary distribution of
-      the entropy-aware curriculum paper (MSP-Podcast 2.0, 9 classes incl. Other). Its text does not spell
-      out the counting, so we follow the all-inclusive aggregation rule it builds on (Chou et al., 2024):
-      every class a rater lists as secondary is one full vote, whatever the length of the list; a class
-      listed twice by one rater (``"Angry,Anger"``) counts once; the secondary list is not compared with
-      the rater's own primary. Secondary labels outside the class set are not counted and are tallied in
-      ``report.notes["secondary_outside_class_set"]``.
-    * Free-text "Other" labels (``Other-<text>``) count as ``Other`` when the class set has it
-      (``msp9``); otherwise they are ignored and counted as ``Other``.
+    * ``merged``: the authors' rule (``prepare_msp_podcast.py``, ``parse_labels_txt`` + ``_merge_dist``): each
+      rater's secondary list, mapped, deduplicated and without names outside the class set (counted in
+      ``report.notes["secondary_outside_class_set"]``), shares ONE vote, 1/len per class; S = the normalised
+      sum over raters, P = the normalised primary counts, merged = normalise(w_p P + w_s S) (w_p 0.95, w_s 0.05
+      by default; ``merged = P`` when no rater gave a secondary in the set). ``Other-<text>`` secondaries are
+      ``Other`` with ``msp9`` and ``<text>``'s class otherwise (their ``_split_secondary_list``). The stored
+      ``merged`` votes are effective votes: the merged distribution times the number of primary votes, so
+      their total is the rater count, as in ``primary``. The rule and weights go to ``report.label_rules``
+      and from there to the card (``label_sources.merged.rule``).
+
+Consensus: ``EmoClass`` of ``labels_consensus.csv`` (``record.consensus``), a class name or ``None``: the
+no-agreement code ``X`` is ``Other`` in a set with it (``msp9``) and ``None`` otherwise (``msp8``), as is a
+code outside the class set (counted in ``report.notes``).
 
 VAD: the mean over raters of ``EmoVal, EmoAct, EmoDom`` -> ``[valence, arousal, dominance]`` on 1-7 (the
 consensus row's values when no rater gave one). Speaker: ``SpkrID``.
@@ -33,6 +41,7 @@ here: without ``labels_detailed.csv`` the reader stops and says that release 2.x
 from __future__ import annotations
 
 import csv
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -42,7 +51,7 @@ import numpy as np
 
 from ser_lightning.corpora.record import ReadReport, UtteranceRecord, out_of_set_reason, parse_errors
 from ser_lightning.corpora.splits import fold_split
-from ser_lightning.labels import ClassSet, get_class_set, merge_votes
+from ser_lightning.labels import ClassSet, get_class_set, merged_rule, weighted_merge
 
 CORPUS = "msp-podcast"
 VAD_SCALE = (1.0, 7.0)
@@ -57,6 +66,22 @@ OFFICIAL_SPLITS = {
     "Test3": "test3",
 }
 VAD_COLUMNS = ("EmoVal", "EmoAct", "EmoDom")  # stored order: valence, arousal, dominance
+MERGED_WEIGHTS = (0.95, 0.05)  # (w_p, w_s): the authors' prepare_msp_podcast.py argparse defaults
+OTHER = "Other"
+NO_AGREEMENT = ("x", "noagree", "no-agree", "no_agree", "no agreement", "no-agreement", "no_agreement")
+# Omidi et al., prepare_msp_podcast.py: _EMOTION_CANONICAL_MAP, here onto the msp class names (casefolded keys)
+CANONICAL_NAMES = {
+    **dict.fromkeys(("neutral", "neu", "neut", "n"), "Neutral"),
+    **dict.fromkeys(("happy", "happiness", "joy", "elated", "hap", "h", "excited", "amused"), "Happy"),
+    **dict.fromkeys(("angry", "anger", "annoyed", "hostile", "frustrated", "frustration", "ang", "a"), "Angry"),
+    **dict.fromkeys(("sad", "sadness", "depressed", "disappointed", "concerned", "s"), "Sad"),
+    **dict.fromkeys(("fear", "afraid", "scared", "f"), "Fear"),
+    **dict.fromkeys(("disgust", "disgusted", "revulsion", "d"), "Disgust"),
+    **dict.fromkeys(("contempt", "scorn", "c"), "Contempt"),
+    **dict.fromkeys(("surprise", "surprised", "u"), "Surprise"),
+    **dict.fromkeys(("other", "oth", "o", *NO_AGREEMENT), OTHER),
+}
+_OTHER_PREFIX = re.compile(r"^other\s*[-_:]+\s*", re.IGNORECASE)  # "Other-Curious", "other: bored"
 
 
 @dataclass
@@ -69,11 +94,29 @@ class _Raters:
 
 
 def _canonical(label: str) -> str:
-    """Strip a label and fold ``Other-<free text>`` (any case) to ``Other``."""
+    """Strip a label and fold ``Other-<free text>`` (any case; ``-``, ``_`` or ``:``) to ``Other``."""
     label = label.strip()
-    if label.casefold() == "other" or label.casefold().startswith("other-"):
-        return "Other"
+    if label.casefold() == "other" or _OTHER_PREFIX.match(label):
+        return OTHER
     return label
+
+
+def _class_index(label: str, class_set: ClassSet) -> int | None:
+    """Class index of a rater's label through the authors' canonical map, then the class set's names and aliases."""
+    text = " ".join(label.split())
+    return class_set.index(CANONICAL_NAMES.get(text.casefold(), text))
+
+
+def _secondary_index(label: str, class_set: ClassSet) -> int | None:
+    """A secondary label's class: ``Other-<text>`` is Other in a set with it, else ``<text>``'s class.
+
+    Omidi et al., ``prepare_msp_podcast.py``: ``_split_secondary_list`` (the ``other-X`` branch).
+    """
+    match = _OTHER_PREFIX.match(label.strip())
+    if match is not None:
+        other = class_set.index(OTHER)
+        return other if other is not None else _class_index(label.strip()[match.end() :], class_set)
+    return _class_index(label, class_set)
 
 
 def _columns(header: list[str], required: tuple[str, ...], path: Path) -> dict[str, int]:
@@ -125,7 +168,7 @@ def _read_detailed(path: Path, notes: Counter[str]) -> dict[str, _Raters]:
             raters.majors.append(_canonical(major))
         else:
             notes["empty_primary"] += 1
-        raters.seconds.append([_canonical(s) for s in row[col["EmoClass_Second"]].split(",") if s.strip()])
+        raters.seconds.append([s.strip() for s in row[col["EmoClass_Second"]].split(",") if s.strip()])
         for k, name in enumerate(VAD_COLUMNS):
             value = _float_or_none(row[col[name]], name, path, line)
             if value is None:
@@ -135,19 +178,57 @@ def _read_detailed(path: Path, notes: Counter[str]) -> dict[str, _Raters]:
     return out
 
 
-def _secondary_counts(raters: _Raters, class_set: ClassSet, notes: Counter[str]) -> np.ndarray:
+def _primary_counts(majors: list[str], class_set: ClassSet, notes: Counter[str]) -> tuple[np.ndarray, Counter[str]]:
+    """Primary vote counts and the labels outside the class set (none with ``Other``: they count as Other).
+
+    Omidi et al., ``prepare_msp_podcast.py``: ``parse_labels_txt`` maps an unknown primary to ``other``.
+    """
     counts = np.zeros(class_set.num_classes)
+    unknown: Counter[str] = Counter()
+    other = class_set.index(OTHER)
+    for label in majors:
+        i = _class_index(label, class_set)
+        if i is None and other is not None:
+            notes["primary_unknown_to_other"] += 1
+            i = other
+        if i is None:
+            unknown[label] += 1
+        else:
+            counts[i] += 1.0
+    return counts, unknown
+
+
+def _secondary_shares(raters: _Raters, class_set: ClassSet, notes: Counter[str]) -> np.ndarray:
+    """Per rater one vote shared 1/len by the distinct in-set secondary classes, summed over raters.
+
+    Omidi et al., ``prepare_msp_podcast.py``: ``parse_labels_txt`` ("worker-balanced secondary counting").
+    """
+    shares = np.zeros(class_set.num_classes)
     for listed in raters.seconds:
-        chosen: set[int] = set()
+        chosen: list[int] = []
         for label in listed:
-            i = class_set.index(label)
+            i = _secondary_index(label, class_set)
             if i is None:
                 notes["secondary_outside_class_set"] += 1
-            else:
-                chosen.add(i)
+            elif i not in chosen:
+                chosen.append(i)
         for i in chosen:
-            counts[i] += 1.0
-    return counts
+            shares[i] += 1.0 / len(chosen)
+    return shares
+
+
+def _consensus_label(code: str, class_set: ClassSet, notes: Counter[str]) -> str | None:
+    """``EmoClass`` of the consensus row as a class name: no-agreement ``X`` is Other, or ``None`` without it."""
+    code = code.strip()
+    if not code:
+        return None
+    if code.casefold() in NO_AGREEMENT:
+        notes["consensus_no_agreement"] += 1
+    i = _class_index(code, class_set)
+    if i is None:
+        notes[f"consensus_outside_class_set:{code}"] += 1
+        return None
+    return class_set.classes[i]
 
 
 def _split_of(value: str, path: Path, line: int) -> str:
@@ -176,13 +257,13 @@ def _consensus_vad(
 
 
 def _record(
-    root: Path, name: str, raters: _Raters, class_set: ClassSet, secondary_weight: float, drop: bool, report: ReadReport
+    root: Path, name: str, raters: _Raters, class_set: ClassSet, weights: tuple[float, float], drop: bool,
+    report: ReadReport,
 ) -> UtteranceRecord | None:
-    """The record of audio file ``name`` (split and speaker filled in by the caller), or ``None`` when skipped."""
+    """The record of audio file ``name`` (split, speaker, consensus filled in by the caller), or ``None``: skipped."""
     utt_id = Path(name).stem
-    primary, unknown = class_set.map_labels(raters.majors)
+    primary_counts, unknown = _primary_counts([_canonical(m) for m in raters.majors], class_set, report.notes)
     report.ignored_labels.update(unknown)
-    primary_counts = np.bincount(primary, minlength=class_set.num_classes).astype(np.float64)
     if primary_counts.sum() <= 0:
         report.skipped[utt_id] = f"no primary vote inside class set {class_set.name} (majors: {sorted(unknown)})"
         return None
@@ -194,7 +275,7 @@ def _record(
         report.skipped[utt_id] = f"audio file missing: {audio}"
         return None
     report.drop_votes(dict(unknown))
-    secondary = _secondary_counts(raters, class_set, report.notes)
+    merged = weighted_merge(primary_counts, _secondary_shares(raters, class_set, report.notes), *weights)
     vad = [float(np.mean(v)) for v in raters.vad] if all(raters.vad) else None
     return UtteranceRecord(
         id=utt_id,
@@ -204,7 +285,8 @@ def _record(
         transcript=_read_transcript(root / "Transcripts" / f"{utt_id}.txt", report.notes),
         speaker="",
         classes=class_set.classes,
-        votes={"primary": primary_counts, "merged": merge_votes(primary_counts, secondary, secondary_weight)},
+        # merged as effective votes: its distribution times the primary vote count (the rater total)
+        votes={"primary": primary_counts, "merged": merged * primary_counts.sum()},
         vad=vad,
         vad_scale=None if vad is None else VAD_SCALE,
     )
@@ -218,10 +300,10 @@ def read_msp_podcast(
     folds: int = 5,
     fold: int = 0,
     seed: int = 0,
-    secondary_weight: float = 1.0,
+    merged_weights: tuple[float, float] = MERGED_WEIGHTS,
     drop_out_of_set_votes: bool = False,
 ) -> tuple[list[UtteranceRecord], ReadReport]:
-    """Read MSP-Podcast 2.x per-rater votes (``primary`` and ``merged``), VAD, transcripts and audio paths.
+    """Read MSP-Podcast 2.x per-rater votes (``primary``, ``merged``), consensus, VAD, transcripts and audio paths.
 
     Args:
         root: the release root holding ``Labels/``, ``Audios/`` and ``Transcripts/``.
@@ -231,7 +313,7 @@ def read_msp_podcast(
         folds: number of folds with ``split="folds"``.
         fold: the test fold with ``split="folds"`` (the next fold is val).
         seed: seed of the fold assignment.
-        secondary_weight: weight of each secondary vote in ``merged``.
+        merged_weights: ``(w_p, w_s)`` of ``merged = normalise(w_p P + w_s S)`` (see the module docstring).
         drop_out_of_set_votes: keep an utterance with primary votes outside the class set, without them
             (counted in ``report.dropped_votes``); by default it is skipped with the reason in ``report.skipped``.
 
@@ -240,11 +322,11 @@ def read_msp_podcast(
     """
     if split not in ("official", "folds"):
         raise ValueError(f"split must be 'official' or 'folds', got {split!r}")
-    if secondary_weight < 0:
-        raise ValueError(f"secondary_weight must be >= 0, got {secondary_weight}")
+    weights = (float(merged_weights[0]), float(merged_weights[1]))
+    rule = merged_rule(*weights)  # checks the weights
     root = Path(root)
     class_set = get_class_set(classes)
-    report = ReadReport(out_of_set_votes="drop" if drop_out_of_set_votes else "reject")
+    report = ReadReport(out_of_set_votes="drop" if drop_out_of_set_votes else "reject", label_rules={"merged": rule})
     detailed = _read_detailed(root / "Labels" / "labels_detailed.csv", report.notes)
     consensus = root / "Labels" / "labels_consensus.csv"
     records: list[UtteranceRecord] = []
@@ -260,10 +342,11 @@ def read_msp_podcast(
         if raters is None:
             report.skipped[utt_id] = "no per-rater row in labels_detailed.csv"
             continue
-        record = _record(root, name, raters, class_set, secondary_weight, drop_out_of_set_votes, report)
+        record = _record(root, name, raters, class_set, weights, drop_out_of_set_votes, report)
         if record is not None:
             record.split = official
             record.speaker = row[col["SpkrID"]].strip()
+            record.consensus = _consensus_label(row[col["EmoClass"]], class_set, report.notes)
             if record.vad is None:
                 record.vad = _consensus_vad(row, col, consensus, line, report.notes)
                 record.vad_scale = None if record.vad is None else VAD_SCALE

@@ -31,6 +31,7 @@ class UtteranceRecord:
         votes: label source (``primary``, ``merged``, ...) -> vote counts aligned with ``classes``.
         vad: per-rater mean valence, arousal, dominance on the corpus's own scale, or ``None``.
         vad_scale: ``(low, high)`` of that scale, or ``None``.
+        consensus: the corpus's own consensus label (a name in ``classes``), or ``None`` when it has none.
     """
 
     id: str
@@ -43,6 +44,7 @@ class UtteranceRecord:
     votes: dict[str, np.ndarray]
     vad: list[float] | None = None
     vad_scale: tuple[float, float] | None = None
+    consensus: str | None = None
 
 
 @dataclass
@@ -58,6 +60,8 @@ class ReadReport:
             ``None`` for readers whose votes cannot fall outside the set.
         dropped_votes: label -> vote mass removed from KEPT utterances because it is outside the class set.
         utterances_with_dropped_votes: number of kept utterances that lost votes that way.
+        label_rules: label source -> the rule that built its votes (e.g. ``merged``:
+            :func:`ser_lightning.labels.merged_rule`), recorded in the card's ``label_sources``.
     """
 
     skipped: dict[str, str] = field(default_factory=dict)
@@ -66,6 +70,7 @@ class ReadReport:
     out_of_set_votes: str | None = None
     dropped_votes: Counter[str] = field(default_factory=Counter)
     utterances_with_dropped_votes: int = 0
+    label_rules: dict[str, dict[str, object]] = field(default_factory=dict)
 
     def card(self) -> dict[str, object]:
         """The card's ``reader`` entry: what the reader counted without rejecting, kept with the data."""

@@ -67,6 +67,41 @@ def load_audio(
         data, rate = sf.read(path, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
         raise AudioRejected(f"audio does not decode: {err}") from err
+    return check_audio(
+        data, int(rate), sample_rate, min_duration, silence_threshold=silence_threshold, max_duration=max_duration
+    )
+
+
+def check_audio(
+    data: np.ndarray,
+    rate: int,
+    sample_rate: int = 16000,
+    min_duration: float = 0.0,
+    *,
+    silence_threshold: float = 0.0,
+    max_duration: float | None = None,
+) -> np.ndarray:
+    """:func:`load_audio`'s rules on decoded audio: reject, downmix, resample (so arrays get the files' treatment).
+
+    Args:
+        data: samples ``(T,)`` or ``(T, channels)`` at ``rate`` Hz.
+        rate: the rate of ``data``.
+        sample_rate: target rate in Hz.
+        min_duration: shortest accepted duration in seconds (measured before resampling).
+        silence_threshold: reject a clip whose mono peak is below this (0 accepts silence).
+        max_duration: reject a clip longer than this many seconds; ``None`` accepts any length.
+
+    Returns:
+        A 1-D float32 array at ``sample_rate``.
+
+    Raises:
+        AudioRejected: as :func:`load_audio` (empty, non-finite, too short, too long, silent).
+    """
+    data = np.asarray(data, dtype=np.float32)
+    if data.ndim == 1:
+        data = data[:, None]
+    if data.ndim != 2:
+        raise AudioRejected(f"audio of shape {data.shape}: expected (samples,) or (samples, channels)")
     if data.size == 0:
         raise AudioRejected("empty audio")
     if not np.isfinite(data).all():

@@ -1,21 +1,51 @@
 """Losses as small nn.Modules named after the papers' terms."""
 
 from ser_lightning.losses.amber2 import AmbER2Loss, expert_weights, mai_loss, rai_loss
-from ser_lightning.losses.cbce import ClassBalancedCrossEntropyLoss, class_balanced_weights
+from ser_lightning.losses.cbce import (
+    ClassBalancedCrossEntropyLoss,
+    SoftClassBalancedCrossEntropyLoss,
+    class_balanced_weights,
+    soft_class_balanced_cross_entropy,
+)
 from ser_lightning.losses.ccc import CCCLoss, concordance_cc
+from ser_lightning.losses.curriculum import (
+    CurriculumSetting,
+    EntropyCurriculumSchedule,
+    curriculum_keep,
+    curriculum_loss,
+    curriculum_weights,
+    normalized_entropy,
+    weighted_mean,
+)
 from ser_lightning.losses.divergence import JSDivergenceLoss, KLDivergenceLoss, js_divergence, kl_divergence
+from ser_lightning.losses.vad import GaussianNLLCCCLoss, scale_vad_targets
+from ser_lightning.losses.wkld import ClassWeightedKLDivergenceLoss, inverse_frequency_weights, weighted_kl_divergence
 
 __all__ = [
     "AmbER2Loss",
     "CCCLoss",
     "ClassBalancedCrossEntropyLoss",
+    "ClassWeightedKLDivergenceLoss",
+    "CurriculumSetting",
+    "EntropyCurriculumSchedule",
+    "GaussianNLLCCCLoss",
     "JSDivergenceLoss",
     "KLDivergenceLoss",
+    "SoftClassBalancedCrossEntropyLoss",
     "class_balanced_weights",
     "concordance_cc",
+    "curriculum_keep",
+    "curriculum_loss",
+    "curriculum_weights",
     "expert_weights",
+    "inverse_frequency_weights",
     "js_divergence",
     "kl_divergence",
     "mai_loss",
+    "normalized_entropy",
     "rai_loss",
+    "scale_vad_targets",
+    "soft_class_balanced_cross_entropy",
+    "weighted_kl_divergence",
+    "weighted_mean",
 ]

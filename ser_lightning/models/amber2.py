@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ser_lightning.losses import AmbER2Loss, ClassBalancedCrossEntropyLoss
-from ser_lightning.models.base import DistributionModule
+from ser_lightning.models.base import EVAL_STAGES, DistributionModule
 from ser_lightning.nn import GatedFusion, MLPHead, TextEncoder
 
 HEADS = ("audio", "text", "fusion")
@@ -21,6 +21,10 @@ class AmbER2(DistributionModule):
     With ``objective="amber2"`` the student learns from the raters (RAI) and from the experts weighted by
     their agreement with the raters (MAI); with ``objective="cbce"`` every head is trained with
     class-balanced cross-entropy on the plurality label (the paper's baseline).
+
+    Validation and test score every head too, as the paper's Tables 1-2 do: next to the student's unprefixed
+    metrics (``test/js``, ``test/bin1/js``, ...) each head's full set under ``{stage}/{head}/`` (``test/audio/js``,
+    ``test/text/bin1/js``, ``test/fusion/wbin3/f1``, ``test/audio/f1/<class>``, ...), from the same forward pass.
 
     Args:
         audio_encoder: pooled audio representation h_A (wav2vec2 in the paper): any module with
@@ -82,6 +86,10 @@ class AmbER2(DistributionModule):
         self.objective = objective
         self.amber2_loss = AmbER2Loss(lambda_rai, lambda_mai, kappa, expert_weight, detach_experts)
         self.cbce_loss = ClassBalancedCrossEntropyLoss(class_counts, cb_beta)
+        # per-head evaluation (Tables 1-2): one metric collection per stage and head, built like the student's
+        self.head_metrics = nn.ModuleDict(
+            {stage: nn.ModuleDict({m: self.new_eval_metric() for m in HEADS}) for stage in EVAL_STAGES}
+        )
 
     def data_requirements(self) -> dict[str, Any]:
         """What the DataModule must deliver: audio at the encoder's rate, tokens of the text encoder."""
@@ -101,6 +109,19 @@ class AmbER2(DistributionModule):
     def forward(self, batch: dict[str, Any]) -> Tensor:
         """The student's distribution s = p_{m*}."""
         return self.head_logits(batch)[self.student].softmax(-1)
+
+    def _eval_step(self, stage: str, batch: dict[str, Any]) -> None:
+        """Score the student (unprefixed metrics, test predictions) and every head from one forward pass."""
+        probs = {m: v.softmax(-1) for m, v in self.head_logits(batch).items()}
+        self._update_eval_metrics(stage, probs[self.student], batch)
+        for m in HEADS:
+            self.head_metrics[stage][m].update(probs[m].float(), batch["targets"].float(), batch["entropy"])
+
+    def _log_eval(self, stage: str) -> None:
+        """Log the student's metrics, then each head's under ``{stage}/{head}/`` (synchronised across ranks)."""
+        super()._log_eval(stage)
+        for m in HEADS:
+            self.log_eval_metric(f"{stage}/{m}", self.head_metrics[stage][m])
 
     def training_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """AmbER² (Eq. 6) or CB-CE loss terms, with the expert weights u_m for logging."""

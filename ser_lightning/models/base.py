@@ -12,6 +12,10 @@ check) is reported as incomplete without an error.
 
 Every test pass also writes ``test_predictions.jsonl`` into the log directory (one line per scored utterance:
 target, prediction and the model's per-utterance extras, see :mod:`ser_lightning.models.test_predictions`).
+
+Every checkpoint describes itself (``checkpoint["ser_lightning"]``: classes, sample rate, label source, bin edges,
+the DataModule's input settings, the model's class path and init arguments) and is lean: frozen pretrained parts
+are left out and checked against a fingerprint when loaded (see :mod:`ser_lightning.models.lean`).
 """
 
 from __future__ import annotations
@@ -25,17 +29,21 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from ser_lightning.metrics import AmbiguityBinnedMetrics
+from ser_lightning.metrics import WIDTH_EDGES, AmbiguityBinnedMetrics
 from ser_lightning.metrics.functional.distribution import js_divergence_per_item
 from ser_lightning.metrics.functional.probability import entropy
 from ser_lightning.models.figures import bin_bar_chart, confusion_figure
 from ser_lightning.models.gather import gather_json
+from ser_lightning.models.lean import CHECKPOINT_KEY, FORMAT, LeanParts, check_keys, class_path, declared_parts, plain
+from ser_lightning.models.lean import lean_keys as frozen_keys
 from ser_lightning.models.test_predictions import ScoredPredictions, merge_extras
 
 log = logging.getLogger(__name__)
 
 EVAL_STAGES = ("val", "test")
 MAX_LISTED = 100  # skipped samples / shard errors listed in a report (all are counted)
+# the DataModule's settings that shape a model's input, recorded in every checkpoint
+DATA_KEYS = ("crop_seconds", "max_text_length", "text_tokenizer", "label_source", "sample_rate")
 
 
 class DistributionModule(L.LightningModule):
@@ -58,13 +66,22 @@ class DistributionModule(L.LightningModule):
         if len(self.classes) != num_classes:
             raise ValueError(f"{len(self.classes)} class names for num_classes={num_classes}")
         edges = list(bin_edges) if bin_edges else []
+        self.bin_edges = [float(e) for e in edges]
         self.eval_metrics = torch.nn.ModuleDict(
-            {stage: AmbiguityBinnedMetrics(num_classes, edges) for stage in EVAL_STAGES}
+            {  # tertile bins (the card's edges), width bins of H / log C (paper 004), per-class F1 by name
+                stage: AmbiguityBinnedMetrics(num_classes, edges, classes=self.classes, width_edges=WIDTH_EDGES)
+                for stage in EVAL_STAGES
+            }
         )
         self._tally: dict[str, dict[str, Any]] = {stage: _new_tally() for stage in EVAL_STAGES}
         self._expectation: dict[str, dict[str, Any] | None] = dict.fromkeys(EVAL_STAGES)
         self.eval_reports: dict[str, dict[str, Any]] = {}  # stage -> the last pass's accounting (see _account)
         self.test_predictions = ScoredPredictions()  # the test pass's records -> test_predictions.jsonl
+        self._model_spec: dict[str, Any] | None = None  # {"class_path", "init_args"}: see set_model_spec
+        self._lean = LeanParts()
+        self._loaded_data: dict[str, Any] | None = None  # the data settings of the checkpoint last loaded
+        # keys are checked in on_load_checkpoint: strict, except the frozen pretrained parts left out (lean)
+        self.strict_loading = False
 
     # -- to implement ------------------------------------------------------------------------
     def forward(self, batch: dict[str, Any]) -> Tensor:
@@ -241,6 +258,22 @@ class DistributionModule(L.LightningModule):
         experiment.add_figure(f"{stage}/per_bin", bin_bar_chart(values), self.global_step, close=True)
         experiment.add_figure(f"{stage}/confusion", confusion_figure(confusion.cpu(), self.classes), self.global_step)
 
+    def new_eval_metric(self) -> AmbiguityBinnedMetrics:
+        """A metric collection built like each stage's ``eval_metrics`` (bins, width bins, class names): for extras."""
+        return AmbiguityBinnedMetrics(self.num_classes, self.bin_edges, classes=self.classes, width_edges=WIDTH_EDGES)
+
+    def log_eval_metric(self, prefix: str, metric: AmbiguityBinnedMetrics) -> dict[str, Tensor] | None:
+        """Compute ``metric`` (synchronised across ranks like the student's), log ``{prefix}/{key}``, reset it.
+
+        Returns the values, or ``None`` when a single process evaluated nothing (e.g. ``limit_val_batches=0``).
+        """
+        if self.trainer.world_size == 1 and isinstance(metric.scores, list) and not metric.scores:
+            return None
+        values = metric.compute()
+        self.log_dict({f"{prefix}/{k}": v for k, v in values.items()}, sync_dist=False)
+        metric.reset()
+        return values
+
     # -- optimisation ------------------------------------------------------------------------
     def parameter_groups(self, encoders: Sequence[nn.Module], lr: float, encoder_lr: float) -> list[dict[str, Any]]:
         """Trainable parameters as optimizer groups: everything else at ``lr``, then the encoders' at ``encoder_lr``.
@@ -250,9 +283,9 @@ class DistributionModule(L.LightningModule):
         encoder_params = [p for enc in encoders for p in enc.parameters() if p.requires_grad]
         encoder_ids = {id(p) for p in encoder_params}
         other = [p for p in self.parameters() if p.requires_grad and id(p) not in encoder_ids]
-        groups: list[dict[str, Any]] = [{"params": other, "lr": lr}]
+        groups: list[dict[str, Any]] = [{"params": other, "lr": lr, "name": "heads"}]  # lr-AdamW/heads
         if encoder_params:
-            groups.append({"params": encoder_params, "lr": encoder_lr})
+            groups.append({"params": encoder_params, "lr": encoder_lr, "name": "encoder"})
         return groups
 
     # -- prediction --------------------------------------------------------------------------
@@ -268,6 +301,82 @@ class DistributionModule(L.LightningModule):
             merge_extras({"id": uid, "classes": self.classes, "probabilities": p.tolist(), "entropy": float(h)}, x)
             for uid, p, h, x in zip(batch["ids"], probs.cpu(), ent.cpu(), rows, strict=True)
         ]
+
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def set_model_spec(self, spec: dict[str, Any]) -> None:
+        """Record how to rebuild this model: ``{"class_path", "init_args"}`` with the data links applied (the CLI).
+
+        Without it the checkpoint holds ``type(self)`` and ``self.hparams``, which cannot rebuild a model whose
+        module arguments (encoders) are left out of its hyper-parameters.
+        """
+        if not isinstance(spec, dict) or "class_path" not in spec:
+            raise ValueError(f"a model spec is {{'class_path', 'init_args'}}, got {spec!r}")
+        self._model_spec = plain({"class_path": spec["class_path"], "init_args": spec.get("init_args") or {}})
+
+    def model_spec(self) -> dict[str, Any]:
+        """``{"class_path", "init_args"}``: the one the CLI set, else this class and its saved hyper-parameters."""
+        if self._model_spec is not None:
+            return self._model_spec
+        return {"class_path": class_path(self), "init_args": plain(dict(self.hparams))}
+
+    def lean_parts(self) -> dict[str, dict[str, Any]]:
+        """``{module prefix: {"source", ...}}``: the frozen pretrained parts left out of checkpoints."""
+        return declared_parts(self)
+
+    def stored_state(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``state_dict`` without the frozen parameters of the lean parts: what a checkpoint stores."""
+        drop = frozen_keys(self, self.lean_parts())
+        return {k: v for k, v in state_dict.items() if k not in drop}
+
+    def checkpoint_entry(self) -> dict[str, Any]:
+        """The ``checkpoint["ser_lightning"]`` entry: what prediction needs without shards or config."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None:
+            data = {key: plain(getattr(datamodule, key, None)) for key in DATA_KEYS}
+        else:
+            data = dict(self._loaded_data or dict.fromkeys(DATA_KEYS))
+        sample_rate = data.get("sample_rate")
+        requirements = getattr(self, "data_requirements", None)
+        if sample_rate is None and callable(requirements):
+            sample_rate = requirements().get("sample_rate")
+        parts = self.lean_parts()
+        return {
+            "format": FORMAT,
+            "classes": list(self.classes),
+            "num_classes": self.num_classes,
+            "sample_rate": None if sample_rate is None else int(sample_rate),
+            "label_source": data.get("label_source"),
+            "bin_edges": list(self.bin_edges),
+            "data": data,
+            "model": self.model_spec(),
+            "lean": self._lean.entry(self, parts),
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Write the self-describing entry and leave the frozen pretrained parts out of ``state_dict``."""
+        checkpoint[CHECKPOINT_KEY] = self.checkpoint_entry()
+        checkpoint["state_dict"] = self.stored_state(checkpoint["state_dict"])
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Check the rebuilt frozen parts against their fingerprints and every other key (strict loading).
+
+        A checkpoint without the entry (older versions) may lack this model's lean parts, unchecked.
+
+        Raises:
+            ValueError: a part the checkpoint left out is not rebuilt from a pretrained source, or differs.
+            KeyError: the checkpoint lacks other parameters, or has parameters this model lacks.
+        """
+        entry = checkpoint.get(CHECKPOINT_KEY)
+        parts = self.lean_parts()
+        stored = parts if entry is None else (entry.get("lean") or {})
+        if entry is not None:
+            self._lean.check(self, parts, stored)
+            self._loaded_data = dict(entry.get("data") or {}) or None
+            if self._model_spec is None and entry.get("model"):
+                self._model_spec = entry["model"]
+        state = checkpoint.get("state_dict") or {}
+        check_keys(state, self.state_dict().keys(), frozen_keys(self, stored))
 
 
 def _new_tally() -> dict[str, Any]:

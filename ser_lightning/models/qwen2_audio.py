@@ -20,7 +20,7 @@ from ser_lightning.alm.features import FEATURE_KEYS, Qwen2AudioFeatures
 from ser_lightning.losses import JSDivergenceLoss
 from ser_lightning.metrics.functional.probability import entropy
 from ser_lightning.models.base import DistributionModule
-from ser_lightning.models.qwen2_audio_io import adapter_targets, trained_state, write_adapter
+from ser_lightning.models.qwen2_audio_io import adapter_targets, write_adapter
 from ser_lightning.nn.distribution_head import EmotionClassifierHead
 from ser_lightning.nn.qwen2_audio import Quantization, apply_lora, load_qwen2_audio, qwen2_audio_hidden_states
 from ser_lightning.nn.qwen2_audio_cache import EncoderCache, encoder_fingerprint, feature_settings
@@ -40,7 +40,8 @@ class Qwen2AudioDistribution(DistributionModule):
     :class:`~ser_lightning.alm.features.Qwen2AudioFeatures` that :meth:`data_requirements` hands over. The
     backbone is built in :meth:`configure_model` (on the run's device), so ``test`` / ``predict`` with
     ``--ckpt_path`` rebuild the base from ``backbone`` and load only what was trained: checkpoints hold the LoRA
-    and head parameters (``strict_loading`` is off for the base weights), plus the hyper-parameters.
+    and head parameters; the frozen base is a lean part (:meth:`lean_parts`), rebuilt and checked against the
+    fingerprint the checkpoint stores.
 
     Precision: the base is frozen in ``dtype`` (bf16), adapters and head are fp32; run under ``bf16-mixed``.
     ``bf16-true`` / ``16-true`` are refused: at lr 2.5e-6 half-precision weights would round the updates away.
@@ -114,7 +115,6 @@ class Qwen2AudioDistribution(DistributionModule):
             raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
         if effective_batch_size is not None and effective_batch_size < 1:
             raise ValueError(f"effective_batch_size must be >= 1 or null, got {effective_batch_size}")
-        self.strict_loading = False  # checkpoints hold LoRA + head only; the base is rebuilt from `backbone`
         self.loss = JSDivergenceLoss(entropy_weight=entropy_weight)  # JS in nats + w x H(p) (authors' EmotionLoss)
         self.backbone: torch.nn.Module | None = None
         self.head: EmotionClassifierHead | None = None
@@ -251,8 +251,8 @@ class Qwen2AudioDistribution(DistributionModule):
         hp = self.hparams
         named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
         groups = [
-            {"params": [p for n, p in named if p.ndim >= 2], "weight_decay": hp.weight_decay},
-            {"params": [p for n, p in named if p.ndim < 2], "weight_decay": 0.0},
+            {"params": [p for n, p in named if p.ndim >= 2], "weight_decay": hp.weight_decay, "name": "decay"},
+            {"params": [p for n, p in named if p.ndim < 2], "weight_decay": 0.0, "name": "no_decay"},
         ]
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=hp.lr)
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
@@ -263,18 +263,14 @@ class Qwen2AudioDistribution(DistributionModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- checkpoints and adapters ----------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep only the trained parameters (LoRA, head) and what is not the frozen base in the checkpoint."""
-        checkpoint["state_dict"] = trained_state(self, checkpoint["state_dict"])
+    def lean_parts(self) -> dict[str, dict[str, Any]]:
+        """The frozen pretrained base under LoRA (``backbone``), rebuilt from its source and not stored.
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a checkpoint that lacks some trained parameter (loading is not strict about the base)."""
-        if self.backbone is None:
-            return
-        missing = sorted(set(trained_state(self, self.state_dict())) - set(checkpoint["state_dict"]))
-        missing = [k for k in missing if not k.startswith("eval_metrics.")]
-        if missing:
-            raise KeyError(f"checkpoint lacks {len(missing)} trained parameters (other LoRA settings?): {missing[:5]}")
+        A random base (``backbone=None``, ``random_config``) is stored like any randomly initialised part.
+        """
+        if self.backbone is None or self.hparams.backbone is None:
+            return {}
+        return {"backbone": {"source": self.hparams.backbone}}
 
     def save_adapter(self, directory: str | Path) -> Path:
         """Write ``save_pretrained`` adapters plus ``head.safetensors`` / ``head.json`` of the current weights."""
@@ -286,7 +282,7 @@ class Qwen2AudioDistribution(DistributionModule):
         if self.trainer.global_rank != 0:
             return
         for ckpt, directory in adapter_targets(self.trainer.checkpoint_callback):
-            current = {k: v.detach().clone() for k, v in trained_state(self, self.state_dict()).items()}
+            current = {k: v.detach().clone() for k, v in self.stored_state(self.state_dict()).items()}
             state = torch.load(ckpt, map_location=self.device, weights_only=False)["state_dict"]
             self.load_state_dict(state, strict=False)
             self.save_adapter(directory)

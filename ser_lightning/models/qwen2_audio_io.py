@@ -1,26 +1,12 @@
-"""What a Qwen2-Audio LoRA run saves: checkpoints without the frozen base, and peft adapter directories."""
+"""What a Qwen2-Audio LoRA run saves besides its lean checkpoints (see ``DistributionModule``): adapter directories."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import save_file
-from torch import Tensor, nn
-
-BACKBONE_PREFIX = "backbone."
-
-
-def trained_state(module: nn.Module, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """``state_dict`` without the frozen base: LoRA weights, the head and anything outside ``backbone``."""
-    trainable = {name for name, p in module.named_parameters() if p.requires_grad}
-    return {
-        k: v
-        for k, v in state_dict.items()
-        if not k.startswith(BACKBONE_PREFIX) or ".lora_" in k or k in trainable
-    }
 
 
 def write_adapter(model: Any, directory: Path) -> Path:

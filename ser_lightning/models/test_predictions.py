@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from torch import Tensor
 
+from ser_lightning.metrics.bootstrap import ambiguity_groups, bootstrap_intervals
 from ser_lightning.models.gather import gather_json
 
 FILE_NAME = "test_predictions.jsonl"
@@ -48,10 +51,13 @@ class ScoredPredictions:
 
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
+        # after write(): every rank's records (core keys only), sorted by id, on rank 0 (bootstrap intervals)
+        self.gathered: list[dict[str, Any]] = []
 
     def reset(self) -> None:
-        """Forget the previous pass."""
+        """Forget the previous pass (this rank's records and the gathered ones)."""
         self.records = []
+        self.gathered = []
 
     def add(self, batch: dict[str, Any], probs: Tensor, extras: list[dict[str, Any]] | None = None) -> None:
         """Record the batch's scored utterances: ``probs`` ``(B, C)`` as scored, ``extras`` one dict per row."""
@@ -70,6 +76,29 @@ class ScoredPredictions:
             record = {"id": uid, "target": target, "target_entropy": ent, "probabilities": pred}
             self.records.append(merge_extras(strict_json(record), extra))
 
+    def intervals(
+        self, num_samples: int = 10_000, seed: int = 0, level: float = 0.95, bin_edges: Sequence[float] | None = None
+    ) -> dict[str, Any]:
+        """Percentile bootstrap intervals of the gathered pass (rank 0, after :meth:`write`), resampling utterances.
+
+        ``{"test/js_ci95": [lo, hi], ...}`` for every metric of ``metrics.bootstrap.CI_METRICS`` (``null`` bounds
+        where a score is non-finite), and with ``bin_edges`` (the model's) per non-empty tertile and width bin too
+        (``test/bin1/js_ci95``, ``test/wbin3/f1_ci95``); empty when no record was gathered (other ranks).
+        """
+        if not self.gathered:
+            return {}
+        probs, targets, entropies = records_as_tensors(self.gathered)
+        groups = {"": torch.ones(probs.shape[0], dtype=torch.bool)}
+        if bin_edges is not None:
+            groups.update({f"{k}/": v for k, v in ambiguity_groups(entropies, probs.shape[1], bin_edges).items()})
+        out: dict[str, Any] = {}
+        for prefix, sel in groups.items():
+            if bool(sel.any()):
+                found = bootstrap_intervals(probs[sel], targets[sel], num_samples, seed, level)
+                suffix = f"_ci{round(100 * level)}"
+                out.update({f"test/{prefix}{name}{suffix}": strict_json(list(b)) for name, b in found.items()})
+        return out
+
     def write(self, trainer: L.Trainer, device: Any) -> Path | None:
         """Gather every rank's records and write them, sorted by id, on rank 0; collective: every rank calls it.
 
@@ -82,7 +111,26 @@ class ScoredPredictions:
         if trainer.global_rank != 0:
             return None
         records = sorted((r for share in shares for r in share), key=lambda r: str(r["id"]))
+        self.gathered = [{k: r[k] for k in CORE_KEYS} for r in records]
         out = Path(log_dir or trainer.default_root_dir) / FILE_NAME
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text("".join(json.dumps(r, allow_nan=False) + "\n" for r in records), encoding="utf-8")
         return out
+
+
+
+def _nan(value: Any) -> Any:
+    """A record's number or list of numbers with ``None`` (a non-finite number written as null) as NaN."""
+    if isinstance(value, list):
+        return [_nan(x) for x in value]
+    return math.nan if value is None else value
+
+
+def records_as_tensors(records: list[dict[str, Any]]) -> tuple[Tensor, Tensor, Tensor]:
+    """Probabilities and targets ``(N, C)`` float32 and target entropies ``(N,)`` float64 of scored records.
+
+    The numbers the metrics scored; a ``null`` (non-finite) number becomes NaN.
+    """
+    probs = torch.tensor([_nan(r["probabilities"]) for r in records], dtype=torch.float32)
+    targets = torch.tensor([_nan(r["target"]) for r in records], dtype=torch.float32)
+    return probs, targets, torch.tensor([_nan(r["target_entropy"]) for r in records], dtype=torch.float64)

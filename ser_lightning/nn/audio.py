@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 
 from ser_lightning.nn.pooling import AttentiveStatisticsPooling, MeanPooling
+from ser_lightning.nn.pretrained import pretrained
 
 AudioFreeze = Literal["none", "all", "feature_extractor"]
 AudioPooling = Literal["mean", "attentive"]
@@ -103,7 +104,8 @@ def _build_backbone(
         if model_type is None:
             raise ValueError("`config` needs a `model_type` entry, e.g. 'wavlm' or 'wav2vec2'")
         return AutoModel.from_config(AutoConfig.for_model(model_type, **{**config, **overrides}))
-    return AutoModel.from_pretrained(model, config=AutoConfig.from_pretrained(model, **overrides))
+    config_ = pretrained(AutoConfig.from_pretrained, model, what="audio encoder config", **overrides)
+    return pretrained(AutoModel.from_pretrained, model, what="audio encoder", config=config_)
 
 
 class AudioEncoder(nn.Module):
@@ -159,6 +161,7 @@ class AudioEncoder(nn.Module):
         if layerdrop is not None and not 0.0 <= layerdrop < 1.0:
             raise ValueError(f"layerdrop must be in [0, 1), got {layerdrop}")
         self.model = _build_backbone(model, config, mask_time_prob, layerdrop)
+        self.source = model  # where the weights were loaded from (None: randomly initialised from `config`)
         if not hasattr(self.model, "_get_feat_extract_output_lengths"):
             raise TypeError(f"{type(self.model).__name__} is not a wav2vec2-style audio model (no frame lengths)")
         model_config = self.model.config
@@ -192,6 +195,12 @@ class AudioEncoder(nn.Module):
         if not spec_augment and isinstance(masked_spec_embed, nn.Parameter):
             masked_spec_embed.requires_grad_(False)  # unused without SpecAugment: would have no gradient in DDP
         self.train(self.training)
+
+    def pretrained_source(self) -> dict[str, Any] | None:
+        """``{"source", "module"}`` of the frozen pretrained part (left out of checkpoints), or None."""
+        if self.source is None or self.freeze == "none":
+            return None
+        return {"source": self.source, "module": "model" if self.freeze == "all" else "model.feature_extractor"}
 
     def _frozen_modules(self) -> list[nn.Module]:
         if self.freeze == "all":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor, nn
 
@@ -9,18 +11,28 @@ from torch import Tensor, nn
 class MLPHead(nn.Module):
     """Two linear layers with a ReLU between (AmbER² Sec. 4.2, "Network Parameters"): class logits or VAD values.
 
+    ``style="layernorm_gelu"`` is the entropy-curriculum authors' head instead (``zahraomidi/MSP-PODCAST_WavLM``,
+    ``hparams/wavlm_ser_example.yaml``: ``cat_mlp`` / ``vad_mlp``, hidden 256, dropout 0.2).
     Outputs are raw: the softmax that turns class logits into a distribution is left to the model or the loss
     (so losses can work on log-probabilities), and regression targets are scaled, not the head.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 256, dropout: float = 0.1) -> None:
-        """Build ``Linear -> ReLU -> Dropout -> Linear``.
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden_dim: int = 256,
+        dropout: float = 0.1,
+        style: Literal["relu", "layernorm_gelu"] = "relu",
+    ) -> None:
+        """Build ``Linear -> ReLU -> Dropout -> Linear`` (or ``Linear -> LayerNorm -> GELU -> Dropout -> Linear``).
 
         Args:
             in_dim: size of the input embedding.
             out_dim: number of outputs (classes for logits, 3 for arousal, valence and dominance).
             hidden_dim: size of the hidden layer.
-            dropout: dropout after the ReLU.
+            dropout: dropout after the activation.
+            style: ``relu`` (AmbER²) or ``layernorm_gelu`` (paper 004's authors).
         """
         super().__init__()
         if min(in_dim, out_dim, hidden_dim) <= 0:
@@ -28,9 +40,14 @@ class MLPHead(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.output_dim = out_dim
-        self.net = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden_dim, out_dim)
-        )
+        if style == "relu":
+            middle: list[nn.Module] = [nn.ReLU()]
+        elif style == "layernorm_gelu":
+            middle = [nn.LayerNorm(hidden_dim), nn.GELU()]
+        else:
+            raise ValueError(f"style must be 'relu' or 'layernorm_gelu', got {style!r}")
+        layers = [nn.Linear(in_dim, hidden_dim), *middle, nn.Dropout(dropout), nn.Linear(hidden_dim, out_dim)]
+        self.net = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
         """Map ``(B, in_dim)`` embeddings to ``(B, out_dim)`` raw outputs."""

@@ -19,6 +19,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import Tensor, nn
 from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
+from ser_lightning.nn.pretrained import pretrained
 from ser_lightning.nn.qwen2_audio_cache import EncoderCache, encode_audio_cached
 from ser_lightning.nn.qwen2_audio_forward import encode_audio, language_hidden_states, qwen2_audio_core
 
@@ -104,8 +105,10 @@ def load_qwen2_audio(
         kwargs["device_map"] = device_map
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
-    model = Qwen2AudioForConditionalGeneration.from_pretrained(str(backbone), **kwargs)
-    processor = AutoProcessor.from_pretrained(str(backbone), local_files_only=local)
+    model = pretrained(Qwen2AudioForConditionalGeneration.from_pretrained, backbone, what="Qwen2-Audio", **kwargs)
+    processor = pretrained(
+        AutoProcessor.from_pretrained, backbone, what="Qwen2-Audio processor", local_files_only=local
+    )
     processor.tokenizer.padding_side = "right"
     model.requires_grad_(False)
     if gradient_checkpointing:

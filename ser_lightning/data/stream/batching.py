@@ -168,8 +168,12 @@ class Collate:
     of that source (NaN where a sample has none), ``entropy`` (B,) float64: each sample's stored exact
     entropy of the label source in nats (``meta["entropy"][label_source]``, what the ambiguity bins use),
     ``vad`` (B, 3) float32 (NaN when absent), ``ids``, ``transcripts`` and ``speakers`` (lists of str),
+    ``consensus`` (B,) long: the index in ``meta["classes"]`` of the corpus's consensus label (``meta["consensus"]``),
+    -1 when it is null or absent (shards written before it, other corpora) and for a DiME mix,
     ``augmented`` (B,) bool (a DiME mix or a cropped clip: not the stored utterance, so no per-id cache), with a
     tokenizer ``text_input_ids`` / ``text_attention_mask`` (B, L) long, and whatever ``batch_transform`` adds.
+    Samples without ``target`` (unlabelled audio, ``ser-predict``) give a batch without ``targets``, ``votes``
+    and ``entropy``.
 
     Args:
         label_source: key of ``meta["votes"]`` holding the votes that match ``target``.
@@ -201,20 +205,22 @@ class Collate:
         for row, (sample, n) in enumerate(zip(samples, lengths, strict=True)):
             audio[row, :n] = torch.as_tensor(np.asarray(sample["audio"], dtype=np.float32))
             mask[row, :n] = 1
-        targets = np.stack([np.asarray(s["target"], dtype=np.float32) for s in samples])
-        num_classes = targets.shape[1]
         batch: dict[str, Any] = {
             "audio": audio,
             "audio_mask": mask,
-            "targets": torch.from_numpy(targets),
-            "votes": torch.from_numpy(np.stack([self._votes(s, num_classes) for s in samples])),
-            "entropy": torch.tensor([self._entropy(s) for s in samples], dtype=torch.float64),
             "vad": torch.from_numpy(np.stack([_vad(s["meta"]) for s in samples])),
             "ids": [str(s["id"]) for s in samples],
             "transcripts": [str(s["meta"].get("transcript") or "") for s in samples],
             "speakers": [str(s["meta"].get("speaker") or "") for s in samples],
             "augmented": torch.tensor([bool(s["meta"].get("dime") or s.get("cropped")) for s in samples]),
+            "consensus": torch.tensor([_consensus(s["meta"]) for s in samples], dtype=torch.long),
         }
+        if any("target" in s for s in samples):  # unlabelled clips (ser-predict) have no targets, votes, entropy
+            targets = np.stack([np.asarray(s["target"], dtype=np.float32) for s in samples])
+            num_classes = targets.shape[1]
+            batch["targets"] = torch.from_numpy(targets)
+            batch["votes"] = torch.from_numpy(np.stack([self._votes(s, num_classes) for s in samples]))
+            batch["entropy"] = torch.tensor([self._entropy(s) for s in samples], dtype=torch.float64)
         if self.tokenizer is not None:
             tokens = self.tokenizer(
                 batch["transcripts"],
@@ -243,6 +249,17 @@ class Collate:
         if votes is None:
             return np.full(num_classes, math.nan, dtype=np.float32)
         return np.asarray(votes, dtype=np.float32)
+
+
+def _consensus(meta: dict[str, Any]) -> int:
+    """Class index of the sample's consensus label; -1 when it has none or is a DiME mix (no utterance's label)."""
+    label = meta.get("consensus")
+    if label is None or meta.get("dime"):
+        return -1
+    try:
+        return list(meta["classes"]).index(label)
+    except (KeyError, ValueError) as err:
+        raise ValueError(f"sample {meta.get('id')!r}: consensus {label!r} is not one of its classes") from err
 
 
 def _vad(meta: dict[str, Any]) -> np.ndarray:

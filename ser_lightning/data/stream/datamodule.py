@@ -6,6 +6,7 @@ arguments or :meth:`SERDataModule.connect` (litgpt ``litgpt/data/base.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -18,12 +19,16 @@ import torch
 from torch.utils.data import DataLoader
 
 from ser_lightning.data.shards.card import (
+    CARD_NAME,
+    check_label_rule,
     iter_shard_meta,
     label_source_stats,
     read_card,
     read_durations,
     verify_shards,
 )
+from ser_lightning.data.shards.writer import sample_key
+from ser_lightning.data.stream.assigned import AssignedStreamConfig, read_assignment, scan_assignment
 from ser_lightning.data.stream.batching import Collate, expected_batch_size
 from ser_lightning.data.stream.loader import EpochDataLoader
 from ser_lightning.data.stream.pipeline import AugmentStage, EvalStream, StreamConfig, TrainStream, rank_world
@@ -47,14 +52,16 @@ class SERDataModule(L.LightningDataModule):
 
     Batch dict: ``audio`` (B, T) float32 zero-padded, ``audio_mask`` (B, T) long (1 = valid),
     ``targets`` (B, C) float32, ``votes`` (B, C) float32, ``entropy`` (B,) float64 (nats: the sample's
-    stored entropy of the label source), ``vad`` (B, 3) float32 (NaN when absent), ``ids`` and
+    stored entropy of the label source), ``consensus`` (B,) long (the corpus's consensus class, -1 when none),
+    ``vad`` (B, 3) float32 (NaN when absent), ``ids`` and
     ``transcripts`` (list[str]), and with a tokenizer ``text_input_ids`` and ``text_attention_mask`` (B, L) long.
     Evaluation batches also carry ``skipped`` (what the stream skipped, with reasons; see ``EvalStream``), which
     the model adds to the samples it scored and compares with :meth:`eval_expectation` at the end of a pass.
 
     Args:
         shards: directory with ``card.json`` and the ``{split}-NNNNNN.tar`` shards.
-        label_source: vote source used as target: ``primary``, or ``merged`` (MSP-Podcast), or ``synthetic`` /
+        label_source: vote source used as target: ``primary``, or ``merged`` (MSP-Podcast; refused from a card that
+            does not record its rule, ``label_sources.merged.rule``: re-run ``ser-prepare``), or ``synthetic`` /
             ``combined`` (``ser-annotate merge``). Samples whose source is null (``synthetic`` without a valid
             answer; counted in the card's ``null_labels``) are skipped with a count, and in evaluation reported
             as skipped with a reason, so the pass stays complete.
@@ -80,6 +87,11 @@ class SERDataModule(L.LightningDataModule):
             (e.g. DiME-Aug's ``DimeMixer``), implementing :class:`~ser_lightning.data.stream.pipeline.AugmentStage`.
         allow_partial_eval: when a validation or test pass scores (plus skips) fewer samples than the card
             lists, only warn and mark the metrics ``complete: false`` instead of stopping the run with an error.
+        split_assignment: JSON file ``{id: "train" | "val" | "test"}`` (``ser-experiment``'s folds): the shards of
+            every split are read and filtered by id (samples not in it are left out, counted), overriding the
+            card's splits and ``val_split`` / ``test_split`` (``predict`` streams the assigned test set); bin edges,
+            class counts, the train mean and the evaluation's expected counts come from one scan of the
+            samples' JSON (:meth:`assigned`).
     """
 
     def __init__(
@@ -102,6 +114,7 @@ class SERDataModule(L.LightningDataModule):
         predict_split: str = "test",
         augment: AugmentStage | None = None,
         allow_partial_eval: bool = False,
+        split_assignment: str | None = None,
     ) -> None:
         super().__init__()
         _check_positive(sample_rate=sample_rate, max_batch_seconds=max_batch_seconds, max_batch_size=max_batch_size)
@@ -133,13 +146,17 @@ class SERDataModule(L.LightningDataModule):
         self.batch_transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None
         self._card: dict[str, Any] | None = None
         self._label_stats: dict[str, Any] | None = None
+        self.split_assignment = split_assignment
+        self._assigned: dict[str, Any] | None = None
 
     # ---------------------------------------------------------------- card
     @property
     def card(self) -> dict[str, Any]:
-        """The shard directory's ``card.json``, read once and checked to list ``label_source``."""
+        """The shard directory's ``card.json``, read once, checked to list ``label_source`` (and ``merged``'s rule)."""
         if self._card is None:
-            self._card = read_card(self.shards, self.label_source)
+            card = read_card(self.shards, self.label_source)
+            check_label_rule(card, self.label_source, self.shards / CARD_NAME)  # an old-rule merged: re-run ser-prepare
+            self._card = card
         return self._card
 
     @property
@@ -180,6 +197,8 @@ class SERDataModule(L.LightningDataModule):
         ``mean_distribution``) existed costs one scan of the train split's sample JSON (logged), as will a
         training set that is not a whole split.
         """
+        if self._label_stats is None and self.split_assignment is not None:
+            self._label_stats = self.assigned()["stats"]
         if self._label_stats is None:
             stats = self.card.get("label_sources", {}).get(self.label_source)
             if stats is None or "mean_distribution" not in stats:
@@ -213,17 +232,65 @@ class SERDataModule(L.LightningDataModule):
         ``split``, ``expected`` (the card's sample count), ``allow_partial`` and ``train_mean`` (for the
         train-mean reference predictor, or ``None``).
         """
-        split = self.splits[stage]
         return {
-            "split": split,
-            "expected": self.num_samples(split),
+            "split": self._split_name(stage),
+            "expected": self._count(stage),
             "allow_partial": bool(self.allow_partial_eval),
             "train_mean": self.train_mean_distribution,
         }
 
     def damaged_shards(self, split: str) -> list[str]:
-        """One message per damaged shard of ``split`` (see :func:`~ser_lightning.data.shards.card.verify_shards`)."""
+        """One message per damaged shard of ``split`` (see :func:`~ser_lightning.data.shards.card.verify_shards`).
+
+        An assigned set (``split_assignment``) is read from every split's shards: all of them are checked.
+        """
+        if self.split_assignment is not None and split not in self.card.get("shards", {}):
+            return [m for s in self.card["shards"] for m in verify_shards(self.shards, s, self.card)]
         return verify_shards(self.shards, split, self.card)
+
+    # ---------------------------------------------------------------- split assignment
+    def assigned(self) -> dict[str, Any]:
+        """:func:`~ser_lightning.data.stream.assigned.scan_assignment` of ``split_assignment`` over every shard.
+
+        One scan of the samples' JSON (read once): counts per assigned set, samples left out, bin edges, class
+        counts and the train mean of the assigned training samples.
+        """
+        if self._assigned is None:
+            if self.split_assignment is None:
+                raise ValueError("no split_assignment given")
+            metas = iter_shard_meta(self.shards, sources=[self.label_source])
+            scan = scan_assignment(metas, read_assignment(self.split_assignment), self.label_source, self.num_classes)
+            if not scan["counts"]["train"]:
+                raise ValueError(f"{self.split_assignment}: no sample of {self.shards} is assigned to train")
+            log.info("split_assignment %s: %s; %d samples of %s not in it are left out",
+                     self.split_assignment, scan["counts"], scan["left_out"], self.shards)  # fmt: skip
+            if scan["missing"]:
+                log.warning("split_assignment %s: %d assigned ids are in no shard of %s (e.g. %r)",
+                            self.split_assignment, scan["missing"], self.shards, scan["missing_example"])  # fmt: skip
+            self._assigned = scan
+        return self._assigned
+
+    def _assigned_set(self, stage: str) -> str:
+        return "test" if stage == "predict" else stage
+
+    def _split_name(self, stage: str) -> str:
+        """The card split a stage streams, or ``assigned <set>`` under ``split_assignment``."""
+        if self.split_assignment is not None:
+            return f"assigned {self._assigned_set(stage)}"
+        return "train" if stage == "train" else self.splits[stage]
+
+    def _urls(self, stage: str) -> list[str]:
+        """Shards a stage reads: its split's, or under ``split_assignment`` every split's (filtered by id)."""
+        if self.split_assignment is None:
+            return self.shard_paths(self._split_name(stage))
+        return [path for split in self.card.get("shards", {}) for path in self.shard_paths(split)]
+
+    def _count(self, stage: str, null: bool = False) -> int:
+        """Samples a stage streams (its card split or assigned set); ``null``: those whose label source is null."""
+        if self.split_assignment is None:
+            split = self._split_name(stage)
+            return self.null_samples(split) if null else self.num_samples(split)
+        return int(self.assigned()["null" if null else "counts"][self._assigned_set(stage)])
 
     # ---------------------------------------------------------------- model pieces
     def connect(
@@ -250,36 +317,37 @@ class SERDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Check the card against the configuration (reading it checks the label source) and load the tokenizer."""
-        needed = {"fit": ["train"], "validate": [self.splits["val"]], "test": [self.splits["test"]]}
-        needed["predict"] = [self.splits["predict"]]
-        for split in needed.get(stage or "", []):
-            self.shard_paths(split)
-            null = self.null_samples(split)
+        needed = {"fit": "train", "validate": "val", "test": "test", "predict": "predict"}.get(stage or "")
+        if needed is not None:  # the stage's split (or the assigned set) exists; log its null-label samples
+            self._urls(needed)
+            null = self._count(needed, null=True)
             if null:
                 log.info(
                     "label source %r is null in %d of the %d %r samples: they are skipped (in evaluation, counted "
-                    "as skipped with a reason)", self.label_source, null, self.num_samples(split), split,
+                    "as skipped with a reason)", self.label_source, null, self._count(needed), self._split_name(needed),
                 )  # fmt: skip
         if self.tokenizer is None and self.text_tokenizer is not None:
             from transformers import AutoTokenizer
 
-            self.tokenizer = AutoTokenizer.from_pretrained(self.text_tokenizer)
+            from ser_lightning.nn.pretrained import pretrained
+
+            self.tokenizer = pretrained(AutoTokenizer.from_pretrained, self.text_tokenizer, what="text tokenizer")
 
     # ---------------------------------------------------------------- loaders
     def train_batches(self, world_size: int) -> int:
         """Training batches per rank per epoch (see the class docstring for the rule)."""
         if self.train_batches_per_epoch is not None:
             return self.train_batches_per_epoch
-        durations = read_durations(self.shard_paths("train")[0], DURATION_PEEK)
+        durations = read_durations(self._urls("train")[0], DURATION_PEEK)
         size = expected_batch_size(durations, self.max_batch_seconds, self.max_batch_size, self.crop_seconds)
         synthetic = 0 if self.augment is None else int(self.augment.total)  # DiME-Aug adds these per epoch
-        labelled = self.num_samples("train") - self.null_samples("train")  # null-label samples are skipped
+        labelled = self._count("train") - self._count("train", null=True)  # null-label samples are skipped
         return max(1, math.ceil((labelled + synthetic) / (world_size * size)))
 
     def train_dataloader(self) -> DataLoader:
         """Endless shuffled stream cut to the same number of batches on every rank."""
         rank, world_size = self._rank_world()
-        if self.num_samples("train") and self.null_samples("train") >= self.num_samples("train"):
+        if self._count("train") and self._count("train", null=True) >= self._count("train"):
             raise ValueError(f"label source {self.label_source!r} is null in every train sample of {self.shards}")
         if self.augment is not None and self.augment.label_source != self.label_source:
             raise ValueError(
@@ -287,9 +355,9 @@ class SERDataModule(L.LightningDataModule):
                 f"label_source {self.label_source!r}; rebuild the index with ser-index --label-source"
             )
         dataset = TrainStream(
-            self.shard_paths("train"),
+            self._urls("train"),
             self.train_batches(world_size),
-            self._stream_config(),
+            self._stream_config("train"),
             rank=rank,
             world_size=world_size,
             shuffle_buffer=self.shuffle_buffer,
@@ -301,25 +369,25 @@ class SERDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         """Every sample of ``val_split`` exactly once over ranks and workers."""
-        return self._eval_loader(self.splits["val"])
+        return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
         """Every sample of ``test_split`` exactly once over ranks and workers."""
-        return self._eval_loader(self.splits["test"])
+        return self._eval_loader("test")
 
     def predict_dataloader(self) -> DataLoader:
         """Every sample of ``predict_split`` exactly once over ranks and workers."""
-        return self._eval_loader(self.splits["predict"])
+        return self._eval_loader("predict")
 
-    def _eval_loader(self, split: str) -> DataLoader:
+    def _eval_loader(self, stage: str) -> DataLoader:
         rank, world_size = self._rank_world()
-        dataset = EvalStream(self.shard_paths(split), self._stream_config(), rank=rank, world_size=world_size)
+        dataset = EvalStream(self._urls(stage), self._stream_config(stage), rank=rank, world_size=world_size)
         return DataLoader(dataset, **self._loader_kwargs())
 
-    def _stream_config(self) -> StreamConfig:
+    def _stream_config(self, stage: str | None = None) -> StreamConfig:
         if self.tokenizer is None and self.text_tokenizer is not None:
             self.setup()
-        return StreamConfig(
+        config = StreamConfig(
             label_source=self.label_source,
             num_classes=self.num_classes,
             sample_rate=self.sample_rate,
@@ -329,6 +397,12 @@ class SERDataModule(L.LightningDataModule):
             bucket_buffer=self.bucket_buffer,
             collate=Collate(self.label_source, self.tokenizer, self.max_text_length, self.batch_transform),
         )
+        if self.split_assignment is None or stage is None:
+            return config
+        keep = frozenset(sample_key(i) for i, s in read_assignment(self.split_assignment).items()
+                         if s == self._assigned_set(stage))  # fmt: skip
+        fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+        return AssignedStreamConfig(**fields, keep=keep)
 
     def _loader_kwargs(self) -> dict[str, Any]:
         return {"batch_size": None, "num_workers": self.num_workers, "pin_memory": torch.cuda.is_available()}

@@ -5,7 +5,7 @@ log base, dominant class) that losses and models share; ``js_divergence`` and ``
 metrics' means over utterances (bits and nats).
 """
 
-from ser_lightning.metrics.functional.classification import classification_scores, confusion_matrix
+from ser_lightning.metrics.functional.classification import classification_scores, confusion_matrix, f1_per_class
 from ser_lightning.metrics.functional.distribution import (
     DISTRIBUTION_METRICS,
     bhattacharyya_coefficient,
@@ -26,6 +26,7 @@ __all__ = [
     "confusion_matrix",
     "dominant_class",
     "entropy",
+    "f1_per_class",
     "js_divergence",
     "js_divergence_per_item",
     "kl_divergence",

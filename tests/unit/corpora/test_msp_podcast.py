@@ -25,20 +25,33 @@ def _by_id(records):
     return {r.id: r for r in records}
 
 
+def _merged(primary: list[float], shares: list[float], wp: float = 0.95, ws: float = 0.05) -> np.ndarray:
+    """Reference: normalise(wp P + ws S) as effective votes (times the primary vote count)."""
+    p, s = np.asarray(primary, dtype=float), np.asarray(shares, dtype=float)
+    mix = wp * p / p.sum() + ws * (s / s.sum() if s.sum() else s)
+    return mix / mix.sum() * p.sum()
+
+
 def test_primary_and_merged_votes_msp8(msp_root: Path) -> None:
     records, report = read_msp_podcast(msp_root, drop_out_of_set_votes=True)
     recs = _by_id(records)
     assert list(recs) == [U0008, U0019, U0033, U0004, U0005]
     # 0008: majors Neutral x3, Happy, Other-Curious (not in msp8: ignored, counted as "Other").
     np.testing.assert_allclose(recs[U0008].votes["primary"], [0, 0, 1, 0, 0, 0, 0, 3])
-    # Secondary: Neutral (W1, W2, W4), Happy + Surprise (W3); Concerned, Amused, Other-Curious are outside.
-    np.testing.assert_allclose(recs[U0008].votes["merged"], [0, 0, 2, 1, 0, 0, 0, 6])
-    # 0033: "Angry,Anger,Annoyed" is one Angry vote (Anger is an alias), Annoyed and Frustrated outside.
+    # Secondary shares: W1 Neutral+Concerned(Sad) 1/2 each, W2 Neutral 1, W3 Happy+Amused(Happy)+Surprise -> Happy,
+    # Surprise 1/2 each, W4 Other-Curious (no Other: "Curious", outside) + Neutral -> Neutral 1; W5 none.
+    shares = [0, 0.5, 0.5, 0.5, 0, 0, 0, 2.5]
+    np.testing.assert_allclose(recs[U0008].votes["merged"], _merged([0, 0, 1, 0, 0, 0, 0, 3], shares))
+    np.testing.assert_allclose(recs[U0008].votes["merged"], [0, 0.025, 0.975, 0.025, 0, 0, 0, 2.975])  # by hand
+    # 0033: "Angry,Anger,Annoyed" is one Angry vote, "Contempt,Angry" half each, Frustrated is Angry.
     np.testing.assert_allclose(recs[U0033].votes["primary"], [3, 0, 0, 0, 0, 1, 1, 0])
-    np.testing.assert_allclose(recs[U0033].votes["merged"], [5, 0, 0, 0, 0, 2, 2, 0])
-    np.testing.assert_allclose(recs[U0019].votes["merged"], [0, 0, 4, 1, 0, 0, 0, 0])
-    np.testing.assert_allclose(recs[U0004].votes["merged"], [0, 3, 0, 0, 0, 0, 0, 0])
-    assert report.notes["secondary_outside_class_set"] == 5
+    shares = [2.5, 0, 0, 0, 0, 1, 0.5, 0]
+    np.testing.assert_allclose(recs[U0033].votes["merged"], _merged([3, 0, 0, 0, 0, 1, 1, 0], shares))
+    np.testing.assert_allclose(recs[U0019].votes["merged"], _merged([0, 0, 2, 1, 0, 0, 0, 0], [0, 0, 2, 0, 0, 0, 0, 0]))
+    np.testing.assert_allclose(recs[U0004].votes["merged"], [0, 2, 0, 0, 0, 0, 0, 0])
+    assert report.notes["secondary_outside_class_set"] == 1  # Other-Curious of 0008
+    rule = {"name": "authors-weighted", "primary_weight": 0.95, "secondary_weight": 0.05}
+    assert report.label_rules == {"merged": rule}
     # 0003_0001: three Other majors, none in msp8 -> skipped; 0006_0004 has no per-rater row.
     assert set(report.skipped) == {U0003, U0006}
     assert "no primary vote inside class set msp8" in report.skipped[U0003]
@@ -67,17 +80,23 @@ def test_msp9_keeps_other(msp_root: Path) -> None:
     records, report = read_msp_podcast(msp_root, "msp9")
     recs = _by_id(records)
     np.testing.assert_allclose(recs[U0008].votes["primary"], [0, 0, 1, 0, 0, 0, 0, 3, 1])
-    np.testing.assert_allclose(recs[U0008].votes["merged"], [0, 0, 2, 1, 0, 0, 0, 6, 2])
+    # W4's Other-Curious secondary is Other with msp9: Other and Neutral half each
+    shares = [0, 0.5, 0.5, 0.5, 0, 0, 0, 2.0, 0.5]
+    np.testing.assert_allclose(recs[U0008].votes["merged"], _merged([0, 0, 1, 0, 0, 0, 0, 3, 1], shares))
     np.testing.assert_allclose(recs[U0003].votes["primary"], [0, 0, 0, 0, 0, 0, 0, 0, 3])
+    np.testing.assert_allclose(recs[U0003].votes["merged"], [0, 0, 0, 0, 0, 0, 0, 0, 3])  # no secondary: P
     assert recs[U0003].split == "test2"
-    assert report.notes["secondary_outside_class_set"] == 4
+    assert report.notes["secondary_outside_class_set"] == 0
     assert report.ignored_labels == Counter()
 
 
-def test_secondary_weight(msp_root: Path) -> None:
-    recs = _by_id(read_msp_podcast(msp_root, secondary_weight=0.5, drop_out_of_set_votes=True)[0])
-    np.testing.assert_allclose(recs[U0008].votes["merged"], [0, 0, 1.5, 0.5, 0, 0, 0, 4.5])
+def test_merged_weights(msp_root: Path) -> None:
+    recs = _by_id(read_msp_podcast(msp_root, merged_weights=(0.5, 0.5), drop_out_of_set_votes=True)[0])
+    # P = (Happy 1/4, Neutral 3/4), S = (Sad 1/8, Happy 1/8, Surprise 1/8, Neutral 5/8); x 4 votes
+    np.testing.assert_allclose(recs[U0008].votes["merged"], [0, 0.25, 0.75, 0.25, 0, 0, 0, 2.75])
     np.testing.assert_allclose(recs[U0008].votes["primary"], [0, 0, 1, 0, 0, 0, 0, 3])
+    with pytest.raises(ValueError, match="merged weights"):
+        read_msp_podcast(msp_root, merged_weights=(0.0, 0.0))
 
 
 def test_vad_speaker_transcript_audio(msp_root: Path) -> None:

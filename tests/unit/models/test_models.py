@@ -95,7 +95,7 @@ PINNED = {"amber2": 0.0516221, "amber2_cbce": 4.2252717, "wavlm_kl": 1.0873722}
     [
         ("amber2", lambda: _amber2()),
         ("amber2_cbce", lambda: _amber2("cbce", class_counts=[3, 2, 1, 1])),
-        ("wavlm_kl", lambda: _wavlm(categorical_loss="kl")),
+        ("wavlm_kl", lambda: _wavlm(categorical_loss="kl", vad_loss="ccc", vad_weight=1.0)),  # the 1 - CCC option
     ],
 )
 def test_pinned_loss_regression(name, make):
@@ -106,7 +106,7 @@ def test_pinned_loss_regression(name, make):
 
 
 def test_wavlm_multitask_losses_and_options():
-    model = _wavlm(categorical_loss="js", vad_weight=0.5)
+    model = _wavlm(categorical_loss="js", vad_loss="ccc", vad_weight=0.5)
     terms = model.training_loss(_batch())
     assert {"loss", "categorical", "vad_ccc_loss"} <= set(terms)
     assert terms["loss"].item() == pytest.approx(terms["categorical"].item() + 0.5 * terms["vad_ccc_loss"].item())

@@ -34,6 +34,7 @@ META_KEYS = {
     "split",
     "transcript",
     "speaker",
+    "session",  # IEMOCAP's session or null
     "duration",
     "classes",
     "votes",
@@ -41,6 +42,7 @@ META_KEYS = {
     "entropy",
     "vad",
     "vad_scale",
+    "consensus",  # the corpus's consensus label or null
 }
 
 
@@ -137,6 +139,7 @@ def test_round_trip_decodes_16k_mono_with_spec_json(tmp_path):
     assert meta["entropy"]["merged"] == pytest.approx(float(entropy([1, 0, 2, 3])))
     assert meta["vad"] is None
     assert meta["vad_scale"] is None
+    assert meta["consensus"] is None  # the record gives none
     assert card["sources"] == ["primary"]  # merged is not in every sample
     assert card["num_samples"] == {"train": 1, "val": 1, "test": 1}
 
@@ -370,3 +373,15 @@ def test_out_dir_that_is_a_file_raises(tmp_path):
 def test_bad_arguments_raise(tmp_path):
     with pytest.raises(ValueError, match="maxcount >= 1"):
         write_shards(small_corpus(tmp_path, 1), tmp_path / "out", maxcount=0, progress=False)
+
+
+def test_consensus_is_stored_and_one_outside_the_classes_is_rejected(tmp_path):
+    records = [
+        make_record("a", make_wav(tmp_path / "a.wav"), "train", consensus=CLASSES[1]),
+        make_record("b", make_wav(tmp_path / "b.wav"), "train", consensus="Calm"),
+    ]
+    write_shards(records, tmp_path / "out", progress=False)
+    assert [m["consensus"] for m in iter_shard_meta(tmp_path / "out")] == [CLASSES[1]]
+    rejected = [json.loads(line) for line in (tmp_path / "out" / "rejected.jsonl").read_text().splitlines()]
+    reason = f"consensus 'Calm' is not one of the classes {list(CLASSES)}"
+    assert [(r["id"], r["reason"]) for r in rejected] == [("b", reason)]
