@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from ser_lightning.alm.prompts import qwen2_audio_inputs
+from ser_lightning.alm.prompts import chat_inputs, qwen2_audio_inputs
 
 FEATURE_KEYS = ("input_ids", "attention_mask", "input_features", "feature_attention_mask")
 
@@ -151,16 +151,6 @@ class ZeroShotFeatures(Qwen2AudioFeatures):
         """``input_ids``, ``attention_mask`` (left padded), ``input_features``, ``feature_attention_mask``."""
         audios = batch_clips(batch)
         transcripts = list(batch.get("transcripts") or [""] * len(audios))
-        texts = [
-            self.processor.apply_chat_template(self.conversation(a, t), add_generation_prompt=True, tokenize=False)
-            for a, t in zip(audios, transcripts, strict=True)
-        ]
-        out = self.processor(
-            text=texts,
-            audio=audios,
-            sampling_rate=self.sampling_rate,
-            return_tensors="pt",
-            padding="longest",
-            padding_side="left",
-        )
+        conversations = [self.conversation(a, t) for a, t in zip(audios, transcripts, strict=True)]
+        out = chat_inputs(self.processor, conversations, audios, self.sampling_rate, padding_side="left")
         return {key: out[key] for key in FEATURE_KEYS}

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["Candidates", "generate_candidates", "generation_config", "next_token_distribution"]
+__all__ = ["Candidates", "generate_candidates", "generation_config", "next_token_distribution", "on_model"]
 
 
 @dataclass
@@ -71,6 +71,12 @@ def generation_config(tokenizer: Any, max_new_tokens: int, **extra: Any) -> Any:
         eos_token_id=eos,
         pad_token_id=pad if pad is not None else eos[0],
     )
+
+
+def on_model(inputs: Mapping[str, Tensor], model: Any) -> dict[str, Tensor]:
+    """Processor inputs on the model's device; floating-point ones (mel features) in its dtype too."""
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    return {k: v.to(device, dtype=dtype) if v.is_floating_point() else v.to(device) for k, v in inputs.items()}
 
 
 def _left_padded(inputs: Mapping[str, Tensor]) -> None:

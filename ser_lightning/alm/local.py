@@ -18,14 +18,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from transformers import LogitsProcessor
 
 from ser_lightning.alm.annotator import AnnotationAnswer, AnnotationRequest, request_seed
+from ser_lightning.alm.generation import on_model
 from ser_lightning.alm.parsing import parse_label
-from ser_lightning.alm.prompts import annotation_conversation
+from ser_lightning.alm.prompts import annotation_conversation, chat_inputs, clip_at_rate
 
 __all__ = ["Qwen2AudioAnnotator", "SeededSampler", "class_first_tokens", "request_seed"]
 
@@ -131,39 +131,14 @@ class Qwen2AudioAnnotator:
         self._first_tokens: dict[tuple[str, ...], list[int]] = {}
 
     # -- inputs ------------------------------------------------------------------------------------------------
-    def _audio(self, request: AnnotationRequest) -> np.ndarray:
-        """The clip as float32 mono at the feature extractor's rate."""
-        audio = torch.as_tensor(np.asarray(request.audio, dtype=np.float32).reshape(-1))
-        if int(request.sample_rate) != self.sampling_rate:
-            import torchaudio.functional as AF  # noqa: N812
-
-            audio = AF.resample(audio, int(request.sample_rate), self.sampling_rate)
-        return audio.numpy()
-
     def _inputs(self, requests: Sequence[AnnotationRequest]) -> Any:
-        """Chat-template texts and clips through the processor, left padded for generation (``audio=``)."""
-        audios = [self._audio(r) for r in requests]
-        texts = [
-            self.processor.apply_chat_template(
-                annotation_conversation(a, r.transcript, r.classes, r.persona),
-                add_generation_prompt=True,
-                tokenize=False,
-            )
+        """Table 1's chat per request, its clip at the extractor's rate, left padded for generation, on the model."""
+        audios = [clip_at_rate(r.audio, r.sample_rate, self.sampling_rate) for r in requests]
+        conversations = [
+            annotation_conversation(a, r.transcript, r.classes, r.persona)
             for a, r in zip(audios, requests, strict=True)
         ]
-        inputs = self.processor(
-            text=texts,
-            audio=audios,
-            sampling_rate=self.sampling_rate,
-            return_tensors="pt",
-            padding="longest",
-            padding_side="left",
-        )
-        dtype = next(self.net.parameters()).dtype
-        return {
-            key: value.to(self.device, dtype=dtype) if value.is_floating_point() else value.to(self.device)
-            for key, value in inputs.items()
-        }
+        return on_model(chat_inputs(self.processor, conversations, audios, self.sampling_rate, "left"), self.net)
 
     def _generation_config(self, max_new_tokens: int, **extra: Any) -> Any:
         """Greedy over the SeededSampler's output; nothing of the hub's defaults (top-k/p, penalties, n-gram bans)."""

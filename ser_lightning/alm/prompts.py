@@ -100,20 +100,44 @@ def qwen2_audio_inputs(
     if not len(audios) == len(transcripts) == len(speakers):
         raise ValueError(f"got {len(audios)} audios, {len(transcripts)} transcripts and {len(speakers)} speakers")
     audios = [np.asarray(a, dtype=np.float32).reshape(-1) for a in audios]
-    texts = [
-        processor.apply_chat_template(
-            distribution_conversation(a, t, s, classes), add_generation_prompt=True, tokenize=False
-        )
-        for a, t, s in zip(audios, transcripts, speakers, strict=True)
+    conversations = [
+        distribution_conversation(a, t, s, classes) for a, t, s in zip(audios, transcripts, speakers, strict=True)
     ]
+    return chat_inputs(processor, conversations, audios, sampling_rate, padding_side="right")
+
+
+def chat_inputs(
+    processor: Any,
+    conversations: Sequence[list[dict[str, Any]]],
+    audios: Sequence[np.ndarray],
+    sampling_rate: int,
+    padding_side: str = "right",
+) -> Any:
+    """Processor output for one chat per clip, padded to the longest on ``padding_side`` (``left`` for generation).
+
+    Each chat goes through the chat template with the generation prompt added; the texts and clips then go through
+    the processor together, the audio with ``audio=`` (older releases dropped ``audios=`` silently).
+    """
+    texts = [processor.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
     return processor(
         text=texts,
-        audio=audios,
+        audio=list(audios),
         sampling_rate=sampling_rate,
         return_tensors="pt",
         padding="longest",
-        padding_side="right",
+        padding_side=padding_side,
     )
+
+
+def clip_at_rate(audio: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarray:
+    """A clip as float32 mono at ``target_rate`` (the feature extractor's), resampled by torchaudio when needed."""
+    clip = np.asarray(audio, dtype=np.float32).reshape(-1)
+    if int(sample_rate) == int(target_rate):
+        return clip
+    import torch
+    import torchaudio.functional as AF  # noqa: N812
+
+    return AF.resample(torch.as_tensor(clip), int(sample_rate), int(target_rate)).numpy()
 
 
 # Synthetic annotation (Sec. 2.2, Table 1). The system instruction is the one of the authors' notebook

@@ -20,6 +20,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from ser_lightning.alm.distribution_parsing import parse_score
+from ser_lightning.alm.prompts import chat_inputs, clip_at_rate
+from ser_lightning.alm.tts_prompts import verifier_conversation
 
 __all__ = ["GeminiVerifier", "LocalVerifier", "Verifier", "VerifierScore", "VerifyRequest", "make_verifier"]
 
@@ -111,43 +113,13 @@ class LocalVerifier:
         self.stats = _new_stats()
         self._lock = threading.Lock()
 
-    def _audio(self, request: VerifyRequest) -> np.ndarray:
-        """The clip as float32 mono at the feature extractor's rate."""
-        import torch
-
-        audio = torch.as_tensor(np.asarray(request.audio, dtype=np.float32).reshape(-1))
-        if int(request.sample_rate) != self.sampling_rate:
-            import torchaudio.functional as AF  # noqa: N812
-
-            audio = AF.resample(audio, int(request.sample_rate), self.sampling_rate)
-        return audio.numpy()
-
     def _inputs(self, requests: Sequence[VerifyRequest]) -> dict[str, Any]:
         """One user turn per request (the clip, then the prompt) through the chat template, left padded."""
-        audios = [self._audio(r) for r in requests]
-        texts = [
-            self.processor.apply_chat_template(
-                [{"role": "user", "content": [{"type": "audio", "audio": a}, {"type": "text", "text": r.prompt}]}],
-                add_generation_prompt=True,
-                tokenize=False,
-            )
-            for a, r in zip(audios, requests, strict=True)
-        ]
-        inputs = self.processor(
-            text=texts,
-            audio=audios,
-            sampling_rate=self.sampling_rate,
-            return_tensors="pt",
-            padding="longest",
-            padding_side="left",
-        )
-        parameter = next(self.net.parameters())
-        return {
-            key: value.to(parameter.device, dtype=parameter.dtype)
-            if value.is_floating_point()
-            else value.to(parameter.device)
-            for key, value in inputs.items()
-        }
+        from ser_lightning.alm.generation import on_model
+
+        audios = [clip_at_rate(r.audio, r.sample_rate, self.sampling_rate) for r in requests]
+        conversations = [verifier_conversation(a, r.prompt) for a, r in zip(audios, requests, strict=True)]
+        return on_model(chat_inputs(self.processor, conversations, audios, self.sampling_rate, "left"), self.net)
 
     def score(self, requests: Sequence[VerifyRequest]) -> list[VerifierScore]:
         """Scores in request order, ``batch_size`` requests per greedy ``generate`` (one caller at a time)."""

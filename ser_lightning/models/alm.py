@@ -21,7 +21,7 @@ from torch import Tensor
 from ser_lightning.alm.aggregation import dirichlet_mixture_mean, score_weights, select_best, weighted_mean
 from ser_lightning.alm.distribution_parsing import parse_distribution
 from ser_lightning.alm.features import FEATURE_KEYS, ZeroShotFeatures, batch_clips
-from ser_lightning.alm.generation import generate_candidates, next_token_distribution
+from ser_lightning.alm.generation import generate_candidates, next_token_distribution, on_model
 from ser_lightning.alm.tts_prompts import IEMOCAP_BACKGROUND, verifier_prompt
 from ser_lightning.alm.verifier import LocalVerifier, Verifier, VerifyRequest, make_verifier
 from ser_lightning.models.alm_tally import ParseTally
@@ -205,11 +205,7 @@ class ALMDistribution(DistributionModule):
         inputs = {k: batch[k] for k in FEATURE_KEYS} if all(k in batch for k in FEATURE_KEYS) else None
         if inputs is None:
             inputs = self.feature_transform()(batch)
-        param = next(self.backbone.parameters())
-        return {
-            k: v.to(param.device, dtype=param.dtype) if v.is_floating_point() else v.to(param.device)
-            for k, v in inputs.items()
-        }
+        return on_model(inputs, self.backbone)
 
     def forward(self, batch: dict[str, Any]) -> Tensor:
         """Predicted distributions ``(B, C)`` under the configured strategy."""

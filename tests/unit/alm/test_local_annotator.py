@@ -14,6 +14,7 @@ from transformers import Qwen2AudioProcessor, WhisperFeatureExtractor
 
 from ser_lightning.alm.annotator import AnnotationRequest, AnnotatorBackend, make_backend
 from ser_lightning.alm.local import Qwen2AudioAnnotator, SeededSampler, class_first_tokens, request_seed
+from ser_lightning.alm.prompts import clip_at_rate
 from ser_lightning.nn.qwen2_audio_random import TINY_QWEN2_AUDIO_CONFIG, random_qwen2_audio
 
 # Single tokens of the offline word-level vocabulary (its normaliser lowercases).
@@ -179,5 +180,5 @@ def test_request_seed_is_stable() -> None:
 def test_resamples_other_rates(short_model: tuple) -> None:
     backend = Qwen2AudioAnnotator("tiny", "exact", model_and_processor=short_model)
     at_8k = AnnotationRequest("u", 0, tone(0.5, rate=8000), 8000, "hi", CLASSES, 0, 1.0)
-    assert backend._audio(at_8k).shape == (RATE // 2,)
+    assert clip_at_rate(at_8k.audio, at_8k.sample_rate, backend.sampling_rate).shape == (RATE // 2,)
     assert backend.annotate([at_8k])[0].label in CLASSES
