@@ -26,8 +26,7 @@ from ser_lightning.alm.tts_prompts import IEMOCAP_BACKGROUND, verifier_prompt
 from ser_lightning.alm.verifier import LocalVerifier, Verifier, VerifyRequest, make_verifier
 from ser_lightning.models.alm_tally import ParseTally
 from ser_lightning.models.base import DistributionModule
-from ser_lightning.nn.qwen2_audio import load_qwen2_audio
-from ser_lightning.nn.qwen2_audio_random import build_random_qwen2_audio
+from ser_lightning.nn.qwen2_audio_random import offline_processor_sizes, qwen2_audio_base
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +142,6 @@ class ALMDistribution(DistributionModule):
     def feature_transform(self) -> ZeroShotFeatures:
         """The picklable batch transform producing this model's left-padded inputs."""
         hp = self.hparams
-        text = (hp.random_config or {}).get("text_config") or {}
-        audio = (hp.random_config or {}).get("audio_config") or {}
         return ZeroShotFeatures(
             self.prompt_classes,
             strategy=self.strategy,
@@ -152,9 +149,8 @@ class ALMDistribution(DistributionModule):
             background=hp.background,
             persona=hp.persona,
             backbone=hp.backbone,
-            num_mel_bins=int(audio.get("num_mel_bins", 128)),
-            vocab_size=int(text.get("vocab_size", 151936)),
             processor=self.processor,
+            **offline_processor_sizes(hp.random_config),
         )
 
     def configure_model(self) -> None:
@@ -168,13 +164,9 @@ class ALMDistribution(DistributionModule):
     def build(self, device: torch.device | str = "cpu") -> None:
         """The frozen backbone in eval mode, its processor and (for the verifier strategies) the verifier."""
         hp = self.hparams
-        if hp.backbone is None:
-            model, processor = build_random_qwen2_audio(hp.random_config, device=device, dtype=hp.dtype)
-        else:
-            device_map = {"": torch.device(device)} if torch.device(device).type == "cuda" else None
-            model, processor = load_qwen2_audio(
-                hp.backbone, dtype=hp.dtype, device_map=device_map, attn_implementation=hp.attn_implementation
-            )
+        model, processor = qwen2_audio_base(
+            hp.backbone, hp.random_config, device=device, dtype=hp.dtype, attn_implementation=hp.attn_implementation
+        )
         model.to(device).eval().requires_grad_(False)
         self.backbone, self.processor = model, processor
         if self.strategy in ("verifier", "wverifier"):

@@ -22,10 +22,10 @@ from ser_lightning.metrics.functional.probability import entropy
 from ser_lightning.models.base import DistributionModule
 from ser_lightning.models.qwen2_audio_io import adapter_targets, write_adapter
 from ser_lightning.nn.distribution_head import EmotionClassifierHead
-from ser_lightning.nn.qwen2_audio import Quantization, apply_lora, load_qwen2_audio, qwen2_audio_hidden_states
+from ser_lightning.nn.qwen2_audio import Quantization, apply_lora, qwen2_audio_hidden_states
 from ser_lightning.nn.qwen2_audio_cache import EncoderCache, encoder_fingerprint, feature_settings
 from ser_lightning.nn.qwen2_audio_forward import qwen2_audio_core
-from ser_lightning.nn.qwen2_audio_random import build_random_qwen2_audio
+from ser_lightning.nn.qwen2_audio_random import offline_processor_sizes, qwen2_audio_base
 
 log = logging.getLogger(__name__)
 
@@ -129,14 +129,8 @@ class Qwen2AudioDistribution(DistributionModule):
     def feature_transform(self) -> Qwen2AudioFeatures:
         """The picklable batch transform producing this model's inputs (the processor is rebuilt where it runs)."""
         hp = self.hparams
-        text = (hp.random_config or {}).get("text_config") or {}
-        audio = (hp.random_config or {}).get("audio_config") or {}
         return Qwen2AudioFeatures(
-            self.classes,
-            backbone=hp.backbone,
-            num_mel_bins=int(audio.get("num_mel_bins", 128)),
-            vocab_size=int(text.get("vocab_size", 151936)),
-            processor=self.processor,
+            self.classes, backbone=hp.backbone, processor=self.processor, **offline_processor_sizes(hp.random_config)
         )
 
     def configure_model(self) -> None:
@@ -153,20 +147,15 @@ class Qwen2AudioDistribution(DistributionModule):
     def build(self, device: torch.device | str = "cpu") -> None:
         """Load (or randomly build) the frozen base on ``device``, add LoRA, the head and the encoder cache."""
         hp = self.hparams
-        if hp.backbone is None:
-            model, processor = build_random_qwen2_audio(
-                hp.random_config, device=device, dtype=hp.dtype, gradient_checkpointing=hp.gradient_checkpointing
-            )
-        else:
-            device_map = {"": torch.device(device)} if torch.device(device).type == "cuda" else None
-            model, processor = load_qwen2_audio(
-                hp.backbone,
-                dtype=hp.dtype,
-                quantization=hp.quantization,
-                gradient_checkpointing=hp.gradient_checkpointing,
-                device_map=None if hp.quantization else device_map,
-                attn_implementation=hp.attn_implementation,
-            )
+        model, processor = qwen2_audio_base(
+            hp.backbone,
+            hp.random_config,
+            device=device,
+            dtype=hp.dtype,
+            quantization=hp.quantization,
+            gradient_checkpointing=hp.gradient_checkpointing,
+            attn_implementation=hp.attn_implementation,
+        )
         self.processor = processor
         if hp.encoder_cache_dir is not None:
             settings = {**feature_settings(processor.feature_extractor), "trim": hp.trim_encoder}

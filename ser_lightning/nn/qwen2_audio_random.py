@@ -24,7 +24,7 @@ from transformers import (
     WhisperFeatureExtractor,
 )
 
-from ser_lightning.nn.qwen2_audio import _as_dtype, enable_checkpointing
+from ser_lightning.nn.qwen2_audio import Quantization, _as_dtype, enable_checkpointing, load_qwen2_audio
 
 SAMPLING_RATE = 16000
 UNK = "<unk>"
@@ -182,3 +182,42 @@ def build_random_qwen2_audio(
     if gradient_checkpointing:
         enable_checkpointing(model)
     return model, processor
+
+
+def offline_processor_sizes(config: Mapping[str, Any] | None) -> dict[str, int]:
+    """``num_mel_bins`` and ``vocab_size`` the offline processor of a ``random_config`` needs (unset: the 7B's)."""
+    text = (config or {}).get("text_config") or {}
+    audio = (config or {}).get("audio_config") or {}
+    return {
+        "num_mel_bins": int(audio.get("num_mel_bins", 128)),
+        "vocab_size": int(text.get("vocab_size", Qwen2AudioConfig().text_config.vocab_size)),
+    }
+
+
+def qwen2_audio_base(
+    backbone: str | None,
+    random_config: Mapping[str, Any] | None,
+    *,
+    device: torch.device | str,
+    dtype: torch.dtype | str,
+    quantization: Quantization | None = None,
+    gradient_checkpointing: bool = False,
+    attn_implementation: str | None = None,
+) -> tuple[Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor]:
+    """A model's frozen base and processor: ``backbone`` loaded, or (``None``) a random one from ``random_config``.
+
+    :func:`load_qwen2_audio` on ``device`` gets a device map on CUDA, none when quantised (bitsandbytes places it).
+    """
+    if backbone is None:
+        return build_random_qwen2_audio(
+            random_config, device=device, dtype=dtype, gradient_checkpointing=gradient_checkpointing
+        )
+    on_cuda = torch.device(device).type == "cuda" and quantization is None
+    return load_qwen2_audio(
+        backbone,
+        dtype=dtype,
+        quantization=quantization,
+        gradient_checkpointing=gradient_checkpointing,
+        device_map={"": torch.device(device)} if on_cuda else None,
+        attn_implementation=attn_implementation,
+    )
