@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from ser_lightning.metrics import width_bins
 from ser_lightning.metrics.functional.distribution import (
     bhattacharyya_coefficient_per_item,
     js_divergence_per_item,
@@ -165,33 +166,35 @@ def _floats(values: Sequence[Any] | None) -> list[float]:
     return [math.nan if v is None else float(v) for v in values or []]
 
 
-def per_item_scores(records: Sequence[dict[str, Any]]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Normalised target entropy ``(N,)`` on [0, 1] and the per-utterance JS / BC / R² ``(N,)`` of the records."""
+def per_item_scores(
+    records: Sequence[dict[str, Any]], num_bins: int = NUM_BINS
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Fig. 3 bin of each record (0-based, -1 without a target entropy) and the per-utterance JS / BC / R² ``(N,)``.
+
+    The bins are ``num_bins`` equal-width bins of H(target) / log C, ``[lo, hi)`` and the last closed: the metrics'
+    own :func:`~ser_lightning.metrics.width_bins` (so an entropy on an edge lands where ``test/wbin*`` puts it).
+    """
     if not records:
-        return np.zeros(0), {name: np.zeros(0) for name in BIN_METRICS}
+        return np.zeros(0, dtype=np.int64), {name: np.zeros(0) for name in BIN_METRICS}
     preds = torch.tensor([_floats(r["probabilities"]) for r in records], dtype=torch.float64)
     target = torch.tensor([_floats(r["target"]) for r in records], dtype=torch.float64)
     if preds.shape != target.shape:
         raise ValueError(f"predictions {tuple(preds.shape)} and targets {tuple(target.shape)} differ in shape")
-    entropy = np.array([math.nan if r.get("target_entropy") is None else r["target_entropy"] for r in records])
-    normalised = np.clip(entropy / math.log(target.shape[1]), 0.0, 1.0)
+    entropy = torch.tensor(
+        [math.nan if r.get("target_entropy") is None else r["target_entropy"] for r in records], dtype=torch.float64
+    )
+    edges = [k / num_bins for k in range(1, num_bins)]
+    bins = torch.where(entropy.isnan(), -1, width_bins(entropy, target.shape[1], edges)).numpy()
     scores = {name: fn(preds, target).numpy() for name, fn in BIN_METRICS.items()}
-    return normalised, scores
-
-
-def bin_index(normalised: np.ndarray, num_bins: int = NUM_BINS) -> np.ndarray:
-    """Bin of each normalised entropy: [0, 1/K), [1/K, 2/K), ..., [(K-1)/K, 1] (the last bin closed); NaN: -1."""
-    edges = np.arange(1, num_bins) / num_bins  # exactly k / K, so 0.2 itself opens the second bin
-    return np.where(np.isnan(normalised), -1, np.digitize(normalised, edges, right=False))
+    return bins, scores
 
 
 def entropy_bins(run: Run, num_bins: int = NUM_BINS) -> list[dict[str, Any]]:
     """Fig. 3 rows of one run: per bin its range, count and the median JS / BC / R² (NaN when empty)."""
     try:
-        normalised, scores = per_item_scores(run.records)
+        bins, scores = per_item_scores(run.records, num_bins)
     except (ValueError, TypeError, KeyError) as err:  # ragged or missing fields: name the run
         raise ReportError(f"{run.path}: malformed {PREDICTIONS_FILE} ({err})") from err
-    bins = bin_index(normalised, num_bins)
     rows = []
     for b in range(num_bins):
         sel = bins == b
