@@ -28,6 +28,13 @@ EDGE_ATOL = 1e-9  # a normalised entropy this close to a width edge is on it (lo
 _LABEL_STATES = ("bins", "wbins", "pred_labels", "target_labels")
 
 
+def tertile_bins(entropy: Tensor, edges: Sequence[float] | Tensor) -> Tensor:
+    """0-based bin of each entropy (nats) between the sorted inner ``edges``: ``(lo, hi]``, an edge in the lower bin."""
+    bounds = torch.as_tensor(edges, dtype=torch.float64, device=entropy.device)
+    # right=False: the first edge >= the value, so a value equal to an edge goes to the lower bin
+    return torch.bucketize(entropy.to(torch.float64), bounds, right=False).long()
+
+
 def width_bins(entropy: Tensor, num_classes: int, edges: Sequence[float] = WIDTH_EDGES) -> Tensor:
     """0-based width bin of each entropy (nats) normalised by log C: ``[lo, hi)`` bins, the last closed at 1."""
     normalised = entropy.double() / math.log(num_classes)
@@ -98,9 +105,7 @@ class AmbiguityBinnedMetrics(Metric):
         if entropy.shape != target.shape[:1]:
             raise ValueError(f"entropy must be ({target.shape[0]},) to match target, got {tuple(entropy.shape)}")
         self.scores.append(torch.stack([fn(preds, target) for fn in DISTRIBUTION_METRICS.values()], dim=-1).double())
-        edges = self.bin_edges.to(target.device)
-        # right=False: the first edge >= the value, so a value equal to an edge goes to the lower bin
-        self.bins.append(torch.bucketize(entropy.to(target.device, torch.float64), edges, right=False).long())
+        self.bins.append(tertile_bins(entropy.to(target.device), self.bin_edges))
         self.wbins.append(width_bins(entropy.to(target.device), self.num_classes, self.width_edges))
         # a non-finite row has no dominant class: its labels are stored as -1 and counted by compute()
         finite = torch.isfinite(preds).all(-1) & torch.isfinite(target).all(-1)

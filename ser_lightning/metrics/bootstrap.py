@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor
 
-from ser_lightning.metrics.binned import WIDTH_EDGES, width_bins
+from ser_lightning.metrics.binned import WIDTH_EDGES, tertile_bins, width_bins
 from ser_lightning.metrics.functional.distribution import DISTRIBUTION_METRICS
 from ser_lightning.metrics.functional.probability import dominant_class
 
@@ -118,10 +118,8 @@ def ambiguity_groups(
     entropy: Tensor, num_classes: int, bin_edges: Sequence[float], width_edges: Sequence[float] = WIDTH_EDGES
 ) -> dict[str, Tensor]:
     """Masks ``{"bin1": ..., "wbin1": ...}`` of the utterances in each entropy bin (nats), binned as the metrics do."""
-    entropy = entropy.double()
-    edges = torch.as_tensor(list(bin_edges), dtype=torch.float64)
-    bins = torch.bucketize(entropy, edges, right=False)  # an entropy on an edge in the lower bin, (lo, hi]
-    groups = {f"bin{b + 1}": bins == b for b in range(edges.numel() + 1)}
+    bins = tertile_bins(entropy, list(bin_edges))
+    groups = {f"bin{b + 1}": bins == b for b in range(len(bin_edges) + 1)}
     if width_edges:
         wbins = width_bins(entropy, num_classes, width_edges)
         groups.update({f"wbin{b + 1}": wbins == b for b in range(len(width_edges) + 1)})
