@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_fixtures import TINY_DEMO
 from scipy.spatial.distance import jensenshannon
 
 from ser_lightning.cli.train import main
@@ -26,9 +27,7 @@ def _run(tmp_path: Path, *extra: str) -> Path:
     main(
         [
             "test",
-            *("--config", str(ROOT / "configs" / "demo.yaml")),
-            *("--config", str(ROOT / "configs" / "debug" / "tiny.yaml")),
-            *("--config", str(ROOT / "configs" / "debug" / "tiny_text.yaml")),
+            *TINY_DEMO,
             *("--data.max_batch_size", "16", "--data.max_batch_seconds", "256"),
             *("--trainer.limit_test_batches", "2", "--trainer.default_root_dir", str(tmp_path)),
             *("--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.logger.init_args.name", "ci"),

@@ -13,6 +13,7 @@ from pathlib import Path
 import huggingface_hub.constants
 import pytest
 import torch
+from cli_fixtures import TINY_DEMO
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ser_lightning.cli.train import main
@@ -21,12 +22,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = [
-    "--config",
-    str(ROOT / "configs" / "demo.yaml"),
-    "--config",
-    str(ROOT / "configs" / "debug" / "tiny.yaml"),
-    "--config",
-    str(ROOT / "configs" / "debug" / "tiny_text.yaml"),
+    *TINY_DEMO,
     "--data.shards",
     str(ROOT / "shards" / "demo"),
     "--trainer.max_epochs",

@@ -13,17 +13,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_fixtures import TINY_DEMO
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = [
-    "--config",
-    str(ROOT / "configs" / "demo.yaml"),
-    "--config",
-    str(ROOT / "configs" / "debug" / "tiny.yaml"),
-    "--config",
-    str(ROOT / "configs" / "debug" / "tiny_text.yaml"),
+    *TINY_DEMO,
     "--data.shards",
     str(ROOT / "shards" / "demo"),
     "--trainer.limit_val_batches",

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_fixtures import TINY_DEMO
 from scipy.spatial.distance import jensenshannon
 
 from ser_lightning.cli.train import main
@@ -34,12 +35,7 @@ KEPT = 100  # samples left in front of a cut
 def _args(shards: Path, tmp_path: Path, *extra: str) -> list[str]:
     return [
         "test",
-        "--config",
-        str(ROOT / "configs" / "demo.yaml"),
-        "--config",
-        str(ROOT / "configs" / "debug" / "tiny.yaml"),
-        "--config",
-        str(ROOT / "configs" / "debug" / "tiny_text.yaml"),
+        *TINY_DEMO,
         "--data.shards",
         str(shards),
         "--data.num_workers",

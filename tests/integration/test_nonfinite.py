@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
+from cli_fixtures import TINY_DEMO
 
 from ser_lightning.cli.guards import NonFiniteError
 from ser_lightning.cli.train import main
@@ -18,11 +19,7 @@ from ser_lightning.data.shards import iter_shard_meta
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = [
-    *("--config", str(ROOT / "configs" / "demo.yaml")),
-    *("--config", str(ROOT / "configs" / "debug" / "tiny.yaml")),
-    *("--config", str(ROOT / "configs" / "debug" / "tiny_text.yaml")),
-]
+CONFIGS = TINY_DEMO
 
 
 def _args(tmp_path: Path) -> list[str]:

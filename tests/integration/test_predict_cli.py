@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from cli_fixtures import TINY_DEMO
 from qwen2_fixtures import tiny_qwen2_audio_dir  # noqa: F401 (the session fixture)
 
 import ser_lightning
@@ -27,12 +28,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARDS = ROOT / "shards" / "demo"
-DEMO = [
-    "--config", str(ROOT / "configs" / "demo.yaml"),
-    "--config", str(ROOT / "configs" / "debug" / "tiny.yaml"),
-    "--config", str(ROOT / "configs" / "debug" / "tiny_text.yaml"),
-    "--data.shards", str(SHARDS),
-]  # fmt: skip
+DEMO = [*TINY_DEMO, "--data.shards", str(SHARDS)]
 CLIPS = 10  # test clips decoded to WAV files
 
 
