@@ -43,7 +43,7 @@ from machine import machine
 
 from ser_lightning.models import Qwen2AudioDistribution
 from ser_lightning.nn.qwen2_audio import qwen2_audio_hidden_states
-from ser_lightning.nn.qwen2_audio_random import TINY_QWEN2_AUDIO_CONFIG
+from ser_lightning.nn.qwen2_audio.offline import TINY_QWEN2_AUDIO_CONFIG
 
 CLASSES = ["Anger", "Happiness", "Neutral", "Sadness"]
 TRANSCRIPT = "i am so happy today leave me alone"

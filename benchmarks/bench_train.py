@@ -51,10 +51,7 @@ from machine import machine
 from torch.utils.data import DataLoader
 
 from ser_lightning.data.stream.datamodule import SERDataModule
-
-# facts the CLI links from the DataModule into the model (ser_lightning.cli.train.DATA_TO_MODEL)
-DATA_TO_MODEL = ("num_classes", "classes", "bin_edges", "class_counts")
-
+from ser_lightning.types import LINKED_FACTS
 
 # --------------------------------------------------------------------------------------------
 # Model and batches from the config
@@ -90,7 +87,7 @@ def build(config_path: str, shards: str | None, distinct: int, seed: int) -> tup
     data_args.update(num_workers=0, train_batches_per_epoch=distinct, seed=seed)
     dm = SERDataModule(**data_args)
     model_spec = copy.deepcopy(config["model"])
-    model_spec.setdefault("init_args", {}).update({name: getattr(dm, name) for name in DATA_TO_MODEL})
+    model_spec.setdefault("init_args", {}).update({name: getattr(dm, name) for name in LINKED_FACTS})
     L.seed_everything(seed, verbose=False)
     model = instantiate(model_spec)
     dm.connect(**model.data_requirements())

@@ -10,6 +10,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -169,15 +170,6 @@ def votes_to_distribution(counts: np.ndarray | Sequence[float]) -> np.ndarray:
     return counts / total
 
 
-def merge_votes(
-    primary: np.ndarray | Sequence[float], secondary: np.ndarray | Sequence[float], secondary_weight: float = 1.0
-) -> np.ndarray:
-    """Primary + ``secondary_weight`` x secondary counts, a secondary one full vote (not ``merged``: weighted_merge)."""
-    if secondary_weight < 0:
-        raise ValueError("secondary_weight must be >= 0")
-    return np.asarray(primary, dtype=np.float64) + secondary_weight * np.asarray(secondary, dtype=np.float64)
-
-
 MERGED_RULE = "authors-weighted"  # the card's label_sources.merged.rule.name (see merged_rule)
 
 
@@ -211,19 +203,6 @@ def weighted_merge(
     return np.where(total > 0, out / np.where(total > 0, total, 1.0), p)  # w_p = 0 and no S: P
 
 
-def combine_annotations(
-    human: np.ndarray | Sequence[float], synthetic: np.ndarray | Sequence[float], synthetic_weight: float = 1.0
-) -> np.ndarray:
-    """Human + synthetic annotations as one distribution, each annotation an equal sample.
-
-    With ``synthetic_weight`` w each synthetic annotation counts w votes: ``(n_h + w n_s) / (N_h + w N_s)``.
-    """
-    if synthetic_weight < 0:
-        raise ValueError("synthetic_weight must be >= 0")
-    merged = np.asarray(human, dtype=np.float64) + synthetic_weight * np.asarray(synthetic, dtype=np.float64)
-    return votes_to_distribution(merged)
-
-
 # --------------------------------------------------------------------------------------------
 # Entropy and ambiguity bins
 # --------------------------------------------------------------------------------------------
@@ -236,9 +215,17 @@ def entropy(p: np.ndarray | Sequence[float], normalise: bool = False) -> np.ndar
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = np.where(p > 0, -p * np.log(np.where(p > 0, p, 1.0)), 0.0)
     h = terms.sum(axis=-1)
-    if normalise:
-        h = h / math.log(p.shape[-1])
-    return h
+    return normalized_entropy(h, p.shape[-1]) if normalise else h
+
+
+def normalized_entropy(entropy: Any, num_classes: int) -> Any:
+    """H / log C clamped to [0, 1] (NaN stays NaN), for numpy arrays, floats and torch tensors alike.
+
+    The one normalisation of an entropy in nats over C classes: the curriculum's H_norm, paper 004's width bins,
+    and the statistics' normalised means all use it.
+    """
+    scaled = entropy / math.log(num_classes)
+    return scaled.clamp(0.0, 1.0) if hasattr(scaled, "clamp") else np.clip(scaled, 0.0, 1.0)
 
 
 def quantile_edges(reference_entropy: np.ndarray | Sequence[float], num_bins: int = 3) -> np.ndarray:
@@ -253,12 +240,6 @@ def quantile_edges(reference_entropy: np.ndarray | Sequence[float], num_bins: in
         raise ValueError("quantile edges need a non-empty reference set")
     return np.quantile(values, np.arange(1, num_bins) / num_bins)
 
-
-def width_edges(num_classes: int, num_bins: int = 3) -> np.ndarray:
-    """The ``num_bins - 1`` inner edges of equal-width bins on ``[0, log C]`` (nats)."""
-    if num_bins < 1 or num_classes < 2:
-        raise ValueError("need num_bins >= 1 and num_classes >= 2")
-    return np.linspace(0.0, math.log(num_classes), num_bins + 1)[1:-1]
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 
-from ser_lightning.nn.qwen2_audio_random import (
+from ser_lightning.nn.qwen2_audio.offline import (
     PUNCT,
     QWEN_SPECIAL_IDS,
     SAMPLING_RATE,

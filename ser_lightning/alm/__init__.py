@@ -3,7 +3,7 @@
 The backends themselves (``alm.gemini``, ``alm.local``) load lazily through :func:`make_backend`.
 """
 
-from ser_lightning.alm.aggregation import dirichlet_mixture_mean, score_weights, select_best, weighted_mean
+from ser_lightning.alm.aggregation import candidate_mixture, dirichlet_mixture_mean, score_weights, select_best
 from ser_lightning.alm.annotator import (
     AnnotationAnswer,
     AnnotationError,
@@ -25,13 +25,6 @@ from ser_lightning.alm.prompts import (
     distribution_prompt,
     qwen2_audio_inputs,
 )
-from ser_lightning.alm.tts_prompts import (
-    IEMOCAP_BACKGROUND,
-    verifier_conversation,
-    verifier_prompt,
-    zeroshot_conversation,
-    zeroshot_prompt,
-)
 from ser_lightning.alm.verifier import (
     GeminiVerifier,
     LocalVerifier,
@@ -39,6 +32,13 @@ from ser_lightning.alm.verifier import (
     VerifierScore,
     VerifyRequest,
     make_verifier,
+)
+from ser_lightning.alm.zeroshot_prompts import (
+    IEMOCAP_BACKGROUND,
+    verifier_conversation,
+    verifier_prompt,
+    zeroshot_conversation,
+    zeroshot_prompt,
 )
 
 __all__ = [
@@ -76,7 +76,7 @@ __all__ = [
     "select_best",
     "verifier_conversation",
     "verifier_prompt",
-    "weighted_mean",
+    "candidate_mixture",
     "zeroshot_conversation",
     "zeroshot_prompt",
 ]

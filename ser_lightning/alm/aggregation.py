@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["dirichlet_mixture_mean", "score_weights", "select_best", "weighted_mean"]
+__all__ = ["dirichlet_mixture_mean", "score_weights", "select_best", "candidate_mixture"]
 
 
 def _check(probs: Tensor | None, scores: Tensor, valid: Tensor | None) -> Tensor:
@@ -37,7 +37,7 @@ def _masked_softmax(logits: Tensor, valid: Tensor) -> Tensor:
     return weights.masked_fill(~usable, float("nan"))
 
 
-def weighted_mean(probs: Tensor, weights: Tensor) -> Tensor:
+def candidate_mixture(probs: Tensor, weights: Tensor) -> Tensor:
     """``sum_b w_b p_b`` (N, C); zero-weight candidates contribute nothing even when their entries are NaN."""
     _check(probs, weights, None)
     w = weights.to(torch.float64).unsqueeze(-1)
@@ -62,7 +62,7 @@ def dirichlet_mixture_mean(
     if (totals[valid] <= 0).any() or not torch.isfinite(totals[valid]).all():
         raise ValueError("valid candidates must be distributions with a positive, finite sum")
     means = torch.where(valid.unsqueeze(-1), beta / totals, 0.0)  # Eq. 3: E_Dir(beta_b)[p] = beta_b / sum_k beta_bk
-    return weighted_mean(means, weights).to(probs.dtype)
+    return candidate_mixture(means, weights).to(probs.dtype)
 
 
 def score_weights(scores: Tensor, valid: Tensor | None = None, mode: str = "normalised") -> Tensor:

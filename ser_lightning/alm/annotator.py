@@ -83,7 +83,7 @@ def make_backend(backend: str, model: str, mode: str = "sample", **options: Any)
 
         return GeminiAnnotator(model=model, **options)
     if backend == "qwen2-audio":
-        from ser_lightning.alm.local import Qwen2AudioAnnotator
+        from ser_lightning.alm.qwen2_audio_annotator import Qwen2AudioAnnotator
 
         return Qwen2AudioAnnotator(model=model, mode=mode, **options)
     raise ValueError(f"unknown backend {backend!r}: expected 'gemini' or 'qwen2-audio'")

@@ -16,22 +16,9 @@ import numpy as np
 from torch import Tensor
 
 from ser_lightning.alm.prompts import chat_inputs, qwen2_audio_inputs
+from ser_lightning.types import Batch
 
 FEATURE_KEYS = ("input_ids", "attention_mask", "input_features", "feature_attention_mask")
-
-
-def load_qwen2_audio_processor(backbone: str | Path) -> Any:
-    """The processor of a hub id or a local directory (read offline), tokenizer right-padded."""
-    from transformers import AutoProcessor
-
-    from ser_lightning.nn.pretrained import pretrained
-
-    path = Path(backbone).expanduser()
-    local = path.is_dir()
-    source = path if local else backbone
-    processor = pretrained(AutoProcessor.from_pretrained, source, what="Qwen2-Audio processor", local_files_only=local)
-    processor.tokenizer.padding_side = "right"
-    return processor
 
 
 class Qwen2AudioFeatures:
@@ -68,11 +55,11 @@ class Qwen2AudioFeatures:
     def processor(self) -> Any:
         """The processor, built on first use (in each loader worker)."""
         if self._processor is None:
-            if self.backbone is not None:
-                self._processor = load_qwen2_audio_processor(self.backbone)
-            else:
-                from ser_lightning.nn.qwen2_audio_random import offline_qwen2_audio_processor
+            from ser_lightning.nn.qwen2_audio import load_processor, offline_qwen2_audio_processor
 
+            if self.backbone is not None:
+                self._processor = load_processor(self.backbone)
+            else:
                 self._processor = offline_qwen2_audio_processor(self.num_mel_bins, self.vocab_size)
         return self._processor
 
@@ -82,7 +69,7 @@ class Qwen2AudioFeatures:
         state["_processor"] = None
         return state
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+    def __call__(self, batch: Batch) -> dict[str, Tensor]:
         """``input_ids``, ``attention_mask`` (right padded), ``input_features``, ``feature_attention_mask``."""
         audios = batch_clips(batch)
         size = len(audios)
@@ -92,7 +79,7 @@ class Qwen2AudioFeatures:
         return {key: out[key] for key in FEATURE_KEYS}
 
 
-def batch_clips(batch: dict[str, Any]) -> list[np.ndarray]:
+def batch_clips(batch: Batch) -> list[np.ndarray]:
     """The valid part of each clip of a collated batch (``audio`` cut at ``audio_mask``), float32 numpy."""
     audio, mask = batch["audio"], batch["audio_mask"]
     lengths = mask.sum(-1).tolist()
@@ -136,7 +123,7 @@ class ZeroShotFeatures(Qwen2AudioFeatures):
             from ser_lightning.alm.prompts import annotation_conversation
 
             return annotation_conversation(audio, transcript, self.classes, self.persona)
-        from ser_lightning.alm.tts_prompts import zeroshot_conversation
+        from ser_lightning.alm.zeroshot_prompts import zeroshot_conversation
 
         return zeroshot_conversation(
             audio,
@@ -147,7 +134,7 @@ class ZeroShotFeatures(Qwen2AudioFeatures):
             background=self.background,
         )
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+    def __call__(self, batch: Batch) -> dict[str, Tensor]:
         """``input_ids``, ``attention_mask`` (left padded), ``input_features``, ``feature_attention_mask``."""
         audios = batch_clips(batch)
         transcripts = list(batch.get("transcripts") or [""] * len(audios))

@@ -1,19 +1,13 @@
-"""``ser-report RUN_DIRS... --out DIR``: the paper's Table 2 and Fig. 3 for any set of tested runs.
+"""Tables and plots of tested runs, the library of ``ser-report`` (:mod:`ser_lightning.cli.report`).
 
-A run directory holds ``test_metrics.json`` and ``test_predictions.jsonl`` (both written by ``train.py test``),
-for an ALM and a trained model alike. Writes into ``--out``:
-
-- ``report.md`` / ``report.csv``: JS, BC, R², accuracy and macro-F1 per run, n scored, the valid-output fraction
-  of ALM runs, and the relative change against the baseline run in percent, positive = better (Table 2).
-- ``entropy_bins.png`` / ``entropy_bins.csv``: the median per-utterance JS, BC and R² in five equal-width bins of
-  normalised target entropy H(target) / log C on [0, 1] (Fig. 3), with the count per bin.
-
-Exit status 0, or 2 on a usage error (a missing file, an unknown baseline) with a one-line message.
+:func:`build_report` reads each run directory's ``test_metrics.json`` and ``test_predictions.jsonl`` (an ALM's run
+and a trained model's alike) and writes paper 003's Table 2 as ``report.md`` / ``report.csv`` (:func:`table_rows`:
+the relative change against a baseline, positive = better) and Fig. 3 as ``entropy_bins.png`` / ``.csv``
+(:func:`entropy_bins`: medians per width bin of H / log C). A usage error raises :class:`ReportError`.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -31,12 +25,11 @@ from matplotlib.figure import Figure
 from ser_lightning.metrics import width_bins
 from ser_lightning.metrics.functional.distribution import (
     bhattacharyya_coefficient_per_item,
-    js_divergence_per_item,
+    js_divergence_bits_per_item,
     r2_per_item,
 )
+from ser_lightning.runs.names import TEST_METRICS, TEST_PREDICTIONS
 
-METRICS_FILE = "test_metrics.json"
-PREDICTIONS_FILE = "test_predictions.jsonl"
 # Table 2 columns: key in test_metrics.json (test/<key>), heading, whether higher is better
 TABLE_METRICS = (
     ("js", "JS ↓", False),
@@ -45,7 +38,7 @@ TABLE_METRICS = (
     ("acc", "Acc. ↑", True),
     ("f1", "Macro-F1 ↑", True),
 )
-BIN_METRICS = {"js": js_divergence_per_item, "bc": bhattacharyya_coefficient_per_item, "r2": r2_per_item}
+BIN_METRICS = {"js": js_divergence_bits_per_item, "bc": bhattacharyya_coefficient_per_item, "r2": r2_per_item}
 NUM_BINS = 5  # Fig. 3: five equal-width groups of entropy
 
 
@@ -78,13 +71,13 @@ class Run:
 
 def load_run(path: Path, label: str) -> Run:
     """Read a run directory; a missing or unreadable file raises :class:`ReportError` naming the directory."""
-    files = {name: path / name for name in (METRICS_FILE, PREDICTIONS_FILE)}
+    files = {name: path / name for name in (TEST_METRICS, TEST_PREDICTIONS)}
     for name, file in files.items():
         if not file.is_file():
             raise ReportError(f"{path}: no {name} (run `train.py test` for this run first)")
     try:
-        metrics = json.loads(files[METRICS_FILE].read_text(encoding="utf-8"))
-        lines = files[PREDICTIONS_FILE].read_text(encoding="utf-8").splitlines()
+        metrics = json.loads(files[TEST_METRICS].read_text(encoding="utf-8"))
+        lines = files[TEST_PREDICTIONS].read_text(encoding="utf-8").splitlines()
         records = [json.loads(line) for line in lines if line.strip()]
     except (OSError, ValueError) as err:
         raise ReportError(f"{path}: unreadable run files ({err})") from err
@@ -194,7 +187,7 @@ def entropy_bins(run: Run, num_bins: int = NUM_BINS) -> list[dict[str, Any]]:
     try:
         bins, scores = per_item_scores(run.records, num_bins)
     except (ValueError, TypeError, KeyError) as err:  # ragged or missing fields: name the run
-        raise ReportError(f"{run.path}: malformed {PREDICTIONS_FILE} ({err})") from err
+        raise ReportError(f"{run.path}: malformed {TEST_PREDICTIONS} ({err})") from err
     rows = []
     for b in range(num_bins):
         sel = bins == b
@@ -267,32 +260,10 @@ def build_report(
     base = resolve_baseline(baseline, names)
     for run in runs:
         if len(run.records) != run.scored:
-            message = f"{run.path}: {len(run.records)} lines in {PREDICTIONS_FILE}, {run.scored} scored"
+            message = f"{run.path}: {len(run.records)} lines in {TEST_PREDICTIONS}, {run.scored} scored"
             print(f"ser-report: warning: {message}", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     rows = table_rows(runs, base)
     write_table(rows, names[base], out)
     write_entropy_bins(runs, out)
     return rows
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``ser-report RUN_DIRS... --out DIR [--baseline N|NAME] [--labels a,b,...]``."""
-    parser = argparse.ArgumentParser(prog="ser-report", description=__doc__.split("\n")[0])
-    parser.add_argument("run_dirs", nargs="+", type=Path, help="directories with test_metrics.json + predictions")
-    parser.add_argument("--out", type=Path, required=True, help="directory for report.md/.csv, entropy_bins.png/.csv")
-    parser.add_argument("--baseline", help="baseline run: its label or 0-based position (default: the first)")
-    parser.add_argument("--labels", help="comma-separated run labels (default: paths below their common parent)")
-    args = parser.parse_args(argv)
-    labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
-    try:
-        build_report(args.run_dirs, args.out, args.baseline, labels)
-    except ReportError as err:
-        print(f"ser-report: error: {err}", file=sys.stderr)
-        return 2
-    print(f"ser-report: wrote report.md, report.csv, entropy_bins.png, entropy_bins.csv to {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -21,7 +21,7 @@ import numpy as np
 
 from ser_lightning.alm.distribution_parsing import parse_score
 from ser_lightning.alm.prompts import chat_inputs, clip_at_rate
-from ser_lightning.alm.tts_prompts import verifier_conversation
+from ser_lightning.alm.zeroshot_prompts import verifier_conversation
 
 __all__ = ["GeminiVerifier", "LocalVerifier", "Verifier", "VerifierScore", "VerifyRequest", "make_verifier"]
 

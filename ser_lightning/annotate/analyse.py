@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 
 from ser_lightning.annotate.merge import read_synthetic, synthetic_votes
 from ser_lightning.data.shards.card import iter_shard_meta, read_card
-from ser_lightning.labels import entropy, fleiss_kappa, quantile_edges
+from ser_lightning.labels import entropy, fleiss_kappa, normalized_entropy, quantile_edges
 
 __all__ = ["analyse_store", "answer_matrix", "fit_saturation", "js_bits", "saturation_curve"]
 
@@ -139,7 +139,7 @@ def _table3(sources: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
             "fleiss_kappa": None if math.isnan(kappa.kappa) else kappa.kappa,
             "kappa_items": kappa.items,
             "entropy_mean": float(h.mean()),
-            "entropy_mean_normalised": float(h.mean() / math.log(votes.shape[1])),
+            "entropy_mean_normalised": float(normalized_entropy(h, votes.shape[1]).mean()),
         }
     return table
 

@@ -22,19 +22,16 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
-import yaml
-
-from ser_lightning.cli.summary import aggregate, write_summary
 from ser_lightning.data.folds import VAL_GROUPS, assignment_counts, fold_assignments, parse_folds, rows_of
 from ser_lightning.data.shards.card import iter_shard_meta
+from ser_lightning.runs.names import FOLDS_DIR, PROTOCOL, TEST_METRICS
+from ser_lightning.runs.summary import aggregate, write_summary
 
 log = logging.getLogger(__name__)
 
 TRAIN_ENTRY = "_train"  # argv[0] that makes this module run one train.py command (the subprocess of a run)
 RESERVED = ("--seed_everything", "--data.seed", "--data.split_assignment", "--trainer.logger")
-PROTOCOL = "protocol.json"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -104,21 +101,13 @@ def _parse_shard(spec: str) -> tuple[int, int]:
 
 
 def data_settings(configs: list[str], overrides: list[str]) -> tuple[Path, str]:
-    """``(shards, label_source)`` of the DataModule: the configs' ``data`` sections in order, then the overrides."""
-    data: dict[str, Any] = {}
-    for config in configs:
-        section = (yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}).get("data") or {}
-        data.update(section.get("init_args", section))
-    for i, item in enumerate(overrides):
-        for key in ("shards", "label_source"):
-            flag = f"--data.{key}"
-            if item == flag and i + 1 < len(overrides):
-                data[key] = overrides[i + 1]
-            elif item.startswith(flag + "="):
-                data[key] = item.split("=", 1)[1]
-    if not data.get("shards"):
+    """``(shards, label_source)`` of the DataModule the runs get: the configs and overrides parsed as train.py does."""
+    from ser_lightning.cli.train import parse_config
+
+    config = parse_config(["fit", *[arg for c in configs for arg in ("--config", str(c))], *overrides])
+    if not config.data.shards:
         raise SystemExit("ser-experiment: no data.shards in the configs or overrides")
-    return Path(data["shards"]), str(data.get("label_source", "primary"))
+    return Path(config.data.shards), str(config.data.label_source)
 
 
 def _write_folds(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -147,9 +136,9 @@ def _write_folds(args: argparse.Namespace, overrides: list[str]) -> int:
         keys = [k for k in protocol if k != "seeds" and old.get(k) != protocol[k]]
         if keys:
             raise SystemExit(f"ser-experiment: {args.out} holds another protocol (differs in {keys}); use a new --out")
-    (args.out / "folds").mkdir(parents=True, exist_ok=True)
+    (args.out / FOLDS_DIR).mkdir(parents=True, exist_ok=True)
     for f, assignment in enumerate(assignments):
-        (args.out / "folds" / f"fold{f}.json").write_text(json.dumps(assignment, sort_keys=True), encoding="utf-8")
+        (args.out / FOLDS_DIR / f"fold{f}.json").write_text(json.dumps(assignment, sort_keys=True), encoding="utf-8")
     protocol.update(configs=list(args.config), overrides=list(overrides))
     path.write_text(json.dumps(protocol, indent=2) + "\n", encoding="utf-8")
     log.info("%d folds of %s: %s", len(assignments), shards, protocol["fold_counts"])
@@ -164,7 +153,7 @@ def train_args(out: Path, fold: int, seed: int, configs: list[str], overrides: l
     return args + list(overrides) + [
         "--seed_everything", str(seed),
         "--data.seed", str(seed),
-        "--data.split_assignment", str(out / "folds" / f"fold{fold}.json"),
+        "--data.split_assignment", str(out / FOLDS_DIR / f"fold{fold}.json"),
         "--test_after_fit", "true",
         "--trainer.logger.init_args.save_dir", str(out),
         "--trainer.logger.init_args.name", "",
@@ -175,7 +164,7 @@ def train_args(out: Path, fold: int, seed: int, configs: list[str], overrides: l
 def _run(out: Path, fold: int, seed: int, configs: list[str], overrides: list[str], in_process: bool) -> bool:
     """Run one fold x seed unless its ``test_metrics.json`` exists; whether it has one afterwards."""
     run_dir = out / f"fold{fold}_seed{seed}"
-    if (run_dir / "test_metrics.json").is_file():
+    if (run_dir / TEST_METRICS).is_file():
         log.info("fold %d seed %d: done before (%s), skipped", fold, seed, run_dir)
         return True
     if run_dir.exists():  # an interrupted run: start it over
@@ -194,7 +183,7 @@ def _run(out: Path, fold: int, seed: int, configs: list[str], overrides: list[st
         code = subprocess.call([sys.executable, "-m", "ser_lightning.cli.experiment", TRAIN_ENTRY, *args])
         if code:
             log.error("fold %d seed %d: train.py exited with status %d", fold, seed, code)
-    return (run_dir / "test_metrics.json").is_file()
+    return (run_dir / TEST_METRICS).is_file()
 
 
 def _aggregate(out: Path) -> int:

@@ -55,8 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no network: pretrained parts come from local files only
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from ser_lightning.cli.predictor import InputError, find_inputs, load_model
-    from ser_lightning.cli.quiet import silence_known_warnings
+    from ser_lightning.callbacks.console import silence_known_warnings
+    from ser_lightning.inference.inputs import InputError, find_inputs
+    from ser_lightning.inference.predictor import load_model
     from ser_lightning.nn.pretrained import PretrainedNotFound
 
     silence_known_warnings()

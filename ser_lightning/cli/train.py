@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,28 +11,25 @@ from typing import Any
 import lightning as L
 import torch
 from jsonargparse.typing import NonNegativeInt
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import TensorBoardLogger
 
-from ser_lightning.cli.guards import FiniteModelCheckpoint, NonFiniteGuard
-from ser_lightning.cli.preemption import PreemptionCheckpoint, exit_status, resolve_last
-from ser_lightning.cli.quiet import add_default_progress_bar, silence_known_warnings
-from ser_lightning.cli.rundir import place_stage_outputs
+from ser_lightning.callbacks.console import add_default_progress_bar, silence_known_warnings
+from ser_lightning.callbacks.guards import FiniteModelCheckpoint, NonFiniteGuard
+from ser_lightning.callbacks.hp_metric import BestAsHpMetric
+from ser_lightning.callbacks.prediction_writer import PredictionWriter
+from ser_lightning.callbacks.preemption import PreemptionCheckpoint, exit_status
 from ser_lightning.data.stream.datamodule import SERDataModule
 from ser_lightning.models.base import DistributionModule
-from ser_lightning.models.calibration import calibration_report
-from ser_lightning.models.checkpoint import spec_from_config
-from ser_lightning.models.predictions import PredictionWriter
 from ser_lightning.nn.pretrained import pretrained_error
+from ser_lightning.runs.checkpoint import spec_from_config
+from ser_lightning.runs.metrics_json import pass_metrics, summary_line, write_pass_metrics
+from ser_lightning.runs.run_dirs import place_stage_outputs, resolve_last
+from ser_lightning.types import LINKED_FACTS
 
 log = logging.getLogger(__name__)
 
-# facts the model takes from the data (linked when both are instantiated)
-DATA_TO_MODEL = ("num_classes", "classes", "bin_edges", "class_counts")
 EVAL_STAGES = ("validate", "test", "predict")
-# units of the metrics in {stage}_metrics.json: JS in bits (log base 2, bounded by 1), KL and entropy in nats
-UNITS = {"js": "bits", "kl": "nats", "entropy": "nats"}
 
 # The project's defaults for every config: a config under configs/ sets only what is specific to its experiment
 # (e.g. max_epochs, precision, the run name as ``trainer.logger.init_args.name``).
@@ -62,7 +57,7 @@ class SERLightningCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Link data facts into the model and add the project's callbacks as config sections."""
-        for name in DATA_TO_MODEL:
+        for name in LINKED_FACTS:
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
         parser.add_lightning_class_args(FiniteModelCheckpoint, "checkpoint")  # a NaN val/js is never best
         parser.set_defaults(CHECKPOINT_DEFAULTS)
@@ -89,7 +84,7 @@ class SERLightningCLI(LightningCLI):
 
         ``fit --ckpt_path last``: resume the run name's newest ``last.ckpt`` and log into its version directory.
         ``validate`` / ``test`` / ``predict --ckpt_path runs/<name>/version_N/checkpoints/x.ckpt``: log into
-        ``runs/<name>/version_N/<stage>-<k>`` rather than a new ``version_M`` (see ``cli.rundir``).
+        ``runs/<name>/version_N/<stage>-<k>`` rather than a new ``version_M`` (see ``runs.run_dirs``).
         """
         if self.subcommand == "fit":
             resolve_last(self.config["fit"])
@@ -97,7 +92,7 @@ class SERLightningCLI(LightningCLI):
             place_stage_outputs(self.subcommand, self.config[self.subcommand])
 
     def instantiate_classes(self) -> None:
-        """Instantiate, then hand the model's sample rate and tokenizer to the DataModule.
+        """Instantiate, then connect the two: the model's requirements to the DataModule, the data facts to the model.
 
         A pretrained part that cannot be loaded raises ``PretrainedNotFound`` naming the config key that set it.
         """
@@ -110,13 +105,12 @@ class SERLightningCLI(LightningCLI):
             config = self.config.get(str(self.subcommand), self.config)
             keys = [k for k, v in config.items() if isinstance(v, str) and v == missing.source]
             raise missing.with_key(keys[0] if keys else None) from exc
-        requirements = getattr(self.model, "data_requirements", None)
-        if callable(requirements):
-            self.datamodule.connect(**requirements())
-        set_spec = getattr(self.model, "set_model_spec", None)
-        if callable(set_spec):  # how to rebuild the model, data links applied: written into every checkpoint
-            section = self.config.get(str(self.subcommand), self.config)["model"]
-            set_spec(spec_from_config(section, {k: getattr(self.datamodule, k, None) for k in DATA_TO_MODEL}))
+        self.datamodule.connect(**self.model.data_requirements())
+        facts = self.datamodule.facts()
+        self.model.connect_data(facts)
+        # how to rebuild the model, data links applied: written into every checkpoint
+        section = self.config.get(str(self.subcommand), self.config)["model"]
+        self.model.set_model_spec(spec_from_config(section, facts.linked()))
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """Lightning's trainer, with a progress bar that leaves out ``v_num`` unless the config sets its own."""
@@ -153,91 +147,70 @@ class SERLightningCLI(LightningCLI):
         if trainer.global_rank != 0:
             return
         writers = [c for c in trainer.callbacks if isinstance(c, PredictionWriter)] if stage == "predict" else []
-        target = next((Path(w.output_path or log_dir / "predictions.jsonl") for w in writers), None)
+        target = next((w.target(log_dir) for w in writers), None)
         log.warning("%s outputs in %s%s", stage, log_dir, f" (predictions: {target})" if target else "")
 
     def _write_metrics(self, stage: str) -> None:
-        """Write ``{stage}_metrics.json``: the logged metrics, the pass's accounting and reference predictors.
+        """Write ``{stage}_metrics.json`` (:mod:`ser_lightning.runs.metrics_json`) on rank 0 and log its summary line.
 
-        Strict JSON (non-finite numbers become ``null``). Always ``complete``, ``expected``, ``scored`` and
-        ``skipped`` (see ``DistributionModule._account``), ``evaluation`` (split, skipped samples and shard
-        errors with reasons, damaged shards), ``reference`` (``uniform_js``, ``train_mean_js``: JS in bits of
-        the two model-free predictors on exactly the scored samples) and ``units`` (:data:`UNITS`). A test pass
-        with ``--bootstrap_samples N`` (default 10,000; 0 = off) adds ``test/<metric>_ci95: [lo, hi]``, percentile
-        intervals over N resamples of the utterances gathered from every rank (``--bootstrap_seed``), overall and
-        per bin (``test/bin1/js_ci95``), and ``bootstrap`` (how they were drawn). A test pass also adds
-        calibration (``models.calibration``): ``test/ece`` and the coverage curve ``test/coverage10/acc`` ...
-        ``test/coverage100/js``, and writes ``reliability.png``.
+        A test pass adds bootstrap intervals (``--bootstrap_samples``, ``--bootstrap_seed``) and calibration.
         """
         trainer = self.trainer
-        log_dir = trainer.log_dir  # a collective call under DDP: every rank asks, rank 0 writes
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective call under DDP: every rank asks
         if trainer.global_rank != 0:
             return
-        metrics: dict[str, Any] = {
-            k: _finite(float(v)) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "test/"))
-        }
-        report = dict(getattr(self.model, "eval_reports", {}).get("test" if stage == "test" else "val") or {})
-        for key in ("complete", "expected", "scored", "skipped"):
-            metrics[key] = report.pop(key, None)
-        reference = report.pop("reference", {})
-        metrics["reference"] = {k: _finite(reference.get(k)) for k in ("uniform_js", "train_mean_js")}
-        metrics["evaluation"] = report
-        ckpt = getattr(trainer, "ckpt_path", None)
-        metrics["checkpoint"] = str(ckpt) if ckpt else None
-        metrics["units"] = dict(UNITS)
         config = self.config.get(str(self.subcommand), self.config)
-        samples, seed = int(config.get("bootstrap_samples") or 0), int(config.get("bootstrap_seed") or 0)
-        scored = getattr(self.model, "test_predictions", None)
-        if stage == "test" and samples and scored is not None:  # the records every rank scored, gathered on rank 0
-            intervals = scored.intervals(samples, seed, bin_edges=getattr(self.model, "bin_edges", None))
-            metrics.update(intervals)
-            drawn = {"method": "percentile", "level": 0.95, "resampled": "utterances", "samples": samples, "seed": seed}
-            metrics["bootstrap"] = drawn if intervals else None
-        out = Path(log_dir or trainer.default_root_dir) / f"{stage}_metrics.json"
-        if stage == "test" and scored is not None:  # ECE, coverage curve, reliability.png + TensorBoard image
-            experiment = getattr(trainer.logger, "experiment", None) if trainer.logger else None
-            metrics.update(calibration_report(scored.gathered, out.parent, experiment))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(metrics, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
-        ref = metrics["reference"]
-        log.warning(
-            "%s JS %s | uniform predictor %s | train-mean predictor %s | %s of %s scored, %s skipped%s (written to %s)",
-            report.get("split", stage),
-            _fmt(metrics.get("test/js", metrics.get("val/js"))),
-            _fmt(ref["uniform_js"]),
-            _fmt(ref["train_mean_js"]),
-            metrics["scored"],
-            metrics["expected"],
-            metrics["skipped"],
-            "" if metrics["complete"] else " (INCOMPLETE)",
-            out,
+        model = self.model
+        experiment = getattr(trainer.logger, "experiment", None) if trainer.logger else None
+        metrics = pass_metrics(
+            stage,
+            trainer.callback_metrics,
+            model.eval_reports.get("test" if stage == "test" else "val"),
+            checkpoint=getattr(trainer, "ckpt_path", None),
+            records=model.test_predictions.gathered if stage == "test" else None,
+            bin_edges=model.bin_edges,
+            bootstrap_samples=int(config.get("bootstrap_samples") or 0),
+            bootstrap_seed=int(config.get("bootstrap_seed") or 0),
+            out_dir=log_dir,
+            experiment=experiment,
         )
+        out = write_pass_metrics(log_dir, stage, metrics)
+        log.warning("%s", summary_line(stage, metrics, out))
 
 
-class BestAsHpMetric(Callback):
-    """TensorBoard's ``hp_metric``: the checkpoint callback's best monitored value (``val/js``) at the end of fit.
+class _ConfigOnly(SERLightningCLI):
+    """The CLI's parser and parsed config, with nothing instantiated or run (see :func:`parse_config`)."""
 
-    Replaces Lightning's constant ``-1`` placeholder (``default_hp_metric`` is off in :data:`TRAINER_DEFAULTS`);
-    logged in ``on_fit_end``, before the logger is finalised, so it lands in the fit's own event file.
+    def _set_seed(self) -> None:
+        """No global seed is set (the runs set their own)."""
+
+    def before_instantiate_classes(self) -> None:
+        """No run directory is chosen."""
+
+    def instantiate_classes(self) -> None:
+        """Nothing is instantiated."""
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Nothing runs."""
+
+
+def parse_config(args: list[str]) -> Any:
+    """The subcommand's config ``train.py args`` would run with (configs in order, then overrides), not instantiated.
+
+    ``args`` start with the subcommand, e.g. ``["fit", "--config", "configs/amber2.yaml", "--data.shards", "x"]``;
+    returns its namespace (``config.data.shards``). Parsed by the real CLI parser, so nested config files, links and
+    defaults are what a run gets; an invalid config exits as ``train.py`` would.
     """
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Log the best score with the hyperparameters (TensorBoard's HPARAMS tab) and as the ``hp_metric`` scalar."""
-        best = getattr(trainer.checkpoint_callback, "best_model_score", None)
-        if best is None or not math.isfinite(float(best)):
-            return
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):  # log_hyperparams is rank-zero only
-                logger.log_hyperparams(logger.hparams, {"hp_metric": float(best)})
-
-
-def _finite(value: float | None) -> float | None:
-    """``value``, or ``None`` when it is missing, NaN or infinite (strict JSON has no NaN)."""
-    return value if value is not None and math.isfinite(value) else None
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
+    cli = _ConfigOnly(
+        DistributionModule,
+        SERDataModule,
+        subclass_mode_model=True,
+        auto_configure_optimizers=False,
+        args=args,
+        trainer_defaults=copy.deepcopy(TRAINER_DEFAULTS),
+        seed_everything_default=SEED,
+    )
+    return cli.config[cli.subcommand]
 
 
 def main(args: list[str] | None = None) -> None:

@@ -14,10 +14,9 @@ from ser_lightning.losses.curriculum import (
     curriculum_keep,
     curriculum_loss,
     curriculum_weights,
-    normalized_entropy,
-    weighted_mean,
+    weighted_batch_mean,
 )
-from ser_lightning.losses.divergence import JSDivergenceLoss, KLDivergenceLoss, js_divergence, kl_divergence
+from ser_lightning.losses.divergence import JSDivergenceLoss, KLDivergenceLoss
 from ser_lightning.losses.vad import GaussianNLLCCCLoss, scale_vad_targets
 from ser_lightning.losses.wkld import ClassWeightedKLDivergenceLoss, inverse_frequency_weights, weighted_kl_divergence
 
@@ -39,13 +38,10 @@ __all__ = [
     "curriculum_weights",
     "expert_weights",
     "inverse_frequency_weights",
-    "js_divergence",
-    "kl_divergence",
     "mai_loss",
-    "normalized_entropy",
     "rai_loss",
     "scale_vad_targets",
     "soft_class_balanced_cross_entropy",
+    "weighted_batch_mean",
     "weighted_kl_divergence",
-    "weighted_mean",
 ]

@@ -8,12 +8,12 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from ser_lightning.losses.divergence import js_divergence
+from ser_lightning.metrics.functional.probability import js_divergence_per_item
 
 
 def rai_loss(target: Tensor, student: Tensor, base: float = math.e) -> Tensor:
     """L_RAI = JS(y ‖ s) averaged over the batch (AmbER² Eq. 3)."""
-    return js_divergence(target, student, base).mean()
+    return js_divergence_per_item(target, student, base).mean()
 
 
 def expert_weights(experts: Tensor, target: Tensor, kappa: float, base: float = math.e) -> Tensor:
@@ -28,13 +28,13 @@ def expert_weights(experts: Tensor, target: Tensor, kappa: float, base: float = 
     Returns:
         ``(M, B)`` weights summing to 1 over experts.
     """
-    distances = js_divergence(experts, target.unsqueeze(0), base)
+    distances = js_divergence_per_item(experts, target.unsqueeze(0), base)
     return torch.softmax(-kappa * distances, dim=0)
 
 
 def mai_loss(student: Tensor, experts: Tensor, weights: Tensor, base: float = math.e) -> Tensor:
     """L_MAI = Σ_{m≠m*} u_m JS(s ‖ p_m), averaged over the batch (AmbER² Eq. 4)."""
-    return (weights * js_divergence(student.unsqueeze(0), experts, base)).sum(0).mean()
+    return (weights * js_divergence_per_item(student.unsqueeze(0), experts, base)).sum(0).mean()
 
 
 class AmbER2Loss(nn.Module):
@@ -83,7 +83,7 @@ class AmbER2Loss(nn.Module):
         weights = expert_weights(teacher, target, self.kappa, self.base)
         rai = rai_loss(target, student, self.base)
         mai = mai_loss(student, teacher, weights, self.base)
-        expert = js_divergence(target.unsqueeze(0), stacked, self.base).mean(-1).sum()
+        expert = js_divergence_per_item(target.unsqueeze(0), stacked, self.base).mean(-1).sum()
         total = self.lambda_rai * rai + self.lambda_mai * mai + self.expert_weight * expert
         out = {"loss": total, "rai": rai.detach(), "mai": mai.detach(), "expert": expert.detach()}
         for name, u in zip(names, weights.detach().mean(-1), strict=True):

@@ -3,7 +3,7 @@
 Pure maths, no Lightning: :class:`EntropyCurriculumSchedule` gives each epoch's :class:`CurriculumSetting`,
 :func:`curriculum_weights` turns a batch's normalised label entropies into per-sample weights, and
 :func:`curriculum_loss` is the weighted mean of a per-sample classification loss. The Lightning side (the callback
-that sets ``pl_module.curriculum`` each epoch and logs it) is :mod:`ser_lightning.models.curriculum`.
+that sets ``pl_module.curriculum`` each epoch and logs it) is :mod:`ser_lightning.callbacks.curriculum`.
 
 Epochs. The authors count epochs from 1 (SpeechBrain's ``EpochCounter``): epoch e is warm-up (no curriculum) when
 ``e <= warmup``, otherwise its progress is ``t = clamp((e - warmup - 1) / (ramp - 1), 0, 1)`` (t = 1 when
@@ -23,7 +23,6 @@ merged distribution's, ``ambiguity_signal_key: emo_entropy_norm_merged``). A sam
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -112,11 +111,6 @@ class EntropyCurriculumSchedule:
         return CurriculumSetting(self.mode, active=True, alpha=alpha, min_weight=self.min_weight)
 
 
-def normalized_entropy(entropy: Tensor, num_classes: int) -> Tensor:
-    """Entropy in nats / log C, clamped to [0, 1] (NaN stays NaN): the batch's ``entropy`` -> H_norm."""
-    return (entropy / math.log(num_classes)).clamp(0.0, 1.0)
-
-
 def curriculum_keep(h_norm: Tensor, setting: CurriculumSetting | None) -> Tensor:
     """Which samples the setting keeps, ``(B,)`` bool, before any fallback: what the kept fraction counts.
 
@@ -135,7 +129,7 @@ def curriculum_keep(h_norm: Tensor, setting: CurriculumSetting | None) -> Tensor
 def curriculum_weights(h_norm: Tensor, setting: CurriculumSetting | None) -> Tensor:
     """Per-sample weights ``(B,)``: a 0/1 mask for filter modes (all ones if it keeps none), clamped powers for weights.
 
-    Off (None or warm-up): ones. The weights are not normalised: :func:`weighted_mean` divides by their sum.
+    Off (None or warm-up): ones. The weights are not normalised: :func:`weighted_batch_mean` divides by their sum.
     """
     ones = torch.ones_like(h_norm, dtype=torch.float32 if not h_norm.is_floating_point() else h_norm.dtype)
     if setting is None or not setting.active:
@@ -150,7 +144,7 @@ def curriculum_weights(h_norm: Tensor, setting: CurriculumSetting | None) -> Ten
     return torch.where(w.mean() > _MIN_MEAN_WEIGHT, w, ones)
 
 
-def weighted_mean(values: Tensor, weights: Tensor) -> Tensor:
+def weighted_batch_mean(values: Tensor, weights: Tensor) -> Tensor:
     """Σ w·v / Σ w over the batch; a sample of weight 0 adds nothing, even a non-finite value."""
     weights = weights.to(values.dtype)
     terms = torch.where(weights > 0, weights * values, torch.zeros_like(values))
@@ -161,4 +155,4 @@ def curriculum_loss(per_sample: Tensor, h_norm: Tensor, setting: CurriculumSetti
     """The classification loss under the setting: the weighted mean of ``per_sample`` ``(B,)``; off: its mean."""
     if setting is None or not setting.active:
         return per_sample.mean()
-    return weighted_mean(per_sample, curriculum_weights(h_norm, setting))
+    return weighted_batch_mean(per_sample, curriculum_weights(h_norm, setting))

@@ -6,12 +6,10 @@ import math
 
 from torch import Tensor, nn
 
-# the one definition of each (losses -> metrics.functional); re-exported here under the losses' names
-from ser_lightning.metrics.functional.probability import entropy, js_divergence, kl_divergence
+# the one definition of each (losses -> metrics.functional)
+from ser_lightning.metrics.functional.probability import entropy, js_divergence_per_item, kl_divergence_per_item
 
-prediction_entropy = entropy  # the name this module gave the entropy of predicted distributions
-
-__all__ = ["JSDivergenceLoss", "KLDivergenceLoss", "js_divergence", "kl_divergence", "prediction_entropy"]
+__all__ = ["JSDivergenceLoss", "KLDivergenceLoss"]
 
 
 class JSDivergenceLoss(nn.Module):
@@ -29,8 +27,8 @@ class JSDivergenceLoss(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Loss for ``(B, C)`` logits and ``(B, C)`` target distributions."""
-        probs = logits.softmax(-1)  # an underflow to exactly 0 is masked in js_divergence: finite gradients
-        loss = js_divergence(target, probs, self.base).mean()
+        probs = logits.softmax(-1)  # an underflow to exactly 0 is masked in the JS: finite gradients
+        loss = js_divergence_per_item(target, probs, self.base).mean()
         if self.entropy_weight:
             loss = loss + self.entropy_weight * entropy(probs).mean()
         return loss
@@ -41,4 +39,4 @@ class KLDivergenceLoss(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Loss for ``(B, C)`` logits and ``(B, C)`` target distributions."""
-        return kl_divergence(target, logits.log_softmax(-1)).mean()
+        return kl_divergence_per_item(target, logits.log_softmax(-1)).mean()

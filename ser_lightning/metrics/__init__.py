@@ -1,21 +1,10 @@
-"""Distribution and classification metrics as torchmetrics ``Metric`` classes, exact under DDP."""
+"""Evaluation metrics exact under DDP: :class:`AmbiguityBinnedMetrics` (a torchmetrics ``Metric``) and its maths.
 
-from ser_lightning.metrics.binned import WIDTH_EDGES, AmbiguityBinnedMetrics, width_bins
-from ser_lightning.metrics.classification import DominantClassScores
-from ser_lightning.metrics.distribution import (
-    BhattacharyyaCoefficient,
-    DistributionR2,
-    JensenShannonDivergence,
-    KLDivergence,
-)
+:mod:`.functional` holds the per-utterance scores (JS in bits, BC, R², KL in nats), the classification scores and
+the distribution maths with an explicit log base (:mod:`.functional.probability`) that losses share; :mod:`.bootstrap`
+and :mod:`.calibration` the test pass's intervals and calibration.
+"""
 
-__all__ = [
-    "WIDTH_EDGES",
-    "AmbiguityBinnedMetrics",
-    "BhattacharyyaCoefficient",
-    "DistributionR2",
-    "DominantClassScores",
-    "JensenShannonDivergence",
-    "KLDivergence",
-    "width_bins",
-]
+from ser_lightning.metrics.binned import WIDTH_EDGES, AmbiguityBinnedMetrics, tertile_bins, width_bins
+
+__all__ = ["WIDTH_EDGES", "AmbiguityBinnedMetrics", "tertile_bins", "width_bins"]

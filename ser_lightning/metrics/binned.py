@@ -10,7 +10,6 @@ per-bin classification scores are exact under DDP (uneven samples per rank inclu
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,6 +18,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from ser_lightning.labels import normalized_entropy
 from ser_lightning.metrics.functional.classification import classification_scores, confusion_matrix, f1_per_class
 from ser_lightning.metrics.functional.distribution import DISTRIBUTION_METRICS
 from ser_lightning.metrics.functional.probability import dominant_class
@@ -37,7 +37,7 @@ def tertile_bins(entropy: Tensor, edges: Sequence[float] | Tensor) -> Tensor:
 
 def width_bins(entropy: Tensor, num_classes: int, edges: Sequence[float] = WIDTH_EDGES) -> Tensor:
     """0-based width bin of each entropy (nats) normalised by log C: ``[lo, hi)`` bins, the last closed at 1."""
-    normalised = entropy.double() / math.log(num_classes)
+    normalised = normalized_entropy(entropy.double(), num_classes)
     bounds = torch.as_tensor(list(edges), dtype=torch.float64, device=entropy.device) - EDGE_ATOL
     # right=True: boundaries[i-1] <= h < boundaries[i], so an entropy on an edge opens the upper bin
     return torch.bucketize(normalised, bounds, right=True).long()

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ser_lightning.metrics.functional.distribution import js_divergence_per_item
+from ser_lightning.metrics.functional.distribution import js_divergence_bits_per_item
 from ser_lightning.metrics.functional.probability import dominant_class, entropy
 
 COVERAGES = tuple(round(0.1 * k, 1) for k in range(1, 11))  # 10%, 20%, ..., 100%
@@ -66,7 +66,7 @@ def selective_scores(
     p = preds.double() / preds.double().sum(-1, keepdim=True)
     order = torch.sort(entropy(p), stable=True).indices
     correct = (dominant_class(p) == dominant_class(target.double())).double()[order]
-    js = js_divergence_per_item(preds, target)[order]
+    js = js_divergence_bits_per_item(preds, target)[order]
     out: dict[float, dict[str, float]] = {}
     for c in coverages:
         k = max(1, math.ceil(round(c * n, 9)))  # round: 0.3 x 10 is 3.0000000000000004

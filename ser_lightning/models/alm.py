@@ -18,15 +18,16 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from ser_lightning.alm.aggregation import dirichlet_mixture_mean, score_weights, select_best, weighted_mean
+from ser_lightning.alm.aggregation import candidate_mixture, dirichlet_mixture_mean, score_weights, select_best
 from ser_lightning.alm.distribution_parsing import parse_distribution
 from ser_lightning.alm.features import FEATURE_KEYS, ZeroShotFeatures, batch_clips
 from ser_lightning.alm.generation import generate_candidates, next_token_distribution, on_model
-from ser_lightning.alm.tts_prompts import IEMOCAP_BACKGROUND, verifier_prompt
+from ser_lightning.alm.tally import ParseTally
 from ser_lightning.alm.verifier import LocalVerifier, Verifier, VerifyRequest, make_verifier
-from ser_lightning.models.alm_tally import ParseTally
+from ser_lightning.alm.zeroshot_prompts import IEMOCAP_BACKGROUND, verifier_prompt
 from ser_lightning.models.base import DistributionModule
-from ser_lightning.nn.qwen2_audio_random import offline_processor_sizes, qwen2_audio_base
+from ser_lightning.nn.qwen2_audio import offline_processor_sizes, qwen2_audio_base
+from ser_lightning.types import Batch, DataRequirements
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ class ALMDistribution(DistributionModule):
         self.verifier: Verifier | None = None
 
     # -- building ---------------------------------------------------------------------------
-    def data_requirements(self) -> dict[str, Any]:
+    def data_requirements(self) -> DataRequirements:
         """16 kHz audio and the strategy's prompt through the processor, in the DataModule's workers."""
         return {"sample_rate": SAMPLE_RATE, "batch_transform": self.feature_transform()}
 
@@ -183,7 +184,7 @@ class ALMDistribution(DistributionModule):
             raise RuntimeError("the backbone is built in configure_model(): call it (or build()) before use")
 
     # -- no training ------------------------------------------------------------------------
-    def training_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+    def training_loss(self, batch: Batch) -> dict[str, Tensor]:
         """Refused: the model is zero-shot."""
         raise RuntimeError("ALMDistribution is zero-shot: run validate, test or predict, not fit")
 
@@ -192,18 +193,18 @@ class ALMDistribution(DistributionModule):
         return None
 
     # -- inference --------------------------------------------------------------------------
-    def _inputs(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+    def _inputs(self, batch: Batch) -> dict[str, Tensor]:
         """The left-padded processor inputs on the backbone's device and dtype (computed here if the loader did not)."""
         inputs = {k: batch[k] for k in FEATURE_KEYS} if all(k in batch for k in FEATURE_KEYS) else None
         if inputs is None:
             inputs = self.feature_transform()(batch)
         return on_model(inputs, self.backbone)
 
-    def forward(self, batch: dict[str, Any]) -> Tensor:
+    def forward(self, batch: Batch) -> Tensor:
         """Predicted distributions ``(B, C)`` under the configured strategy."""
         return self.predict_with_details(batch)[0]
 
-    def predict_with_details(self, batch: dict[str, Any]) -> tuple[Tensor, list[dict[str, Any]]]:
+    def predict_with_details(self, batch: Batch) -> tuple[Tensor, list[dict[str, Any]]]:
         """Distributions ``(B, C)`` and per utterance the raw answer(s), parse strategies and validity."""
         self._require_built()
         inputs = self._inputs(batch)
@@ -249,7 +250,7 @@ class ALMDistribution(DistributionModule):
 
     def _exact(self, inputs: dict[str, Tensor]) -> tuple[Tensor, list[dict[str, Any]]]:
         """Next-token probabilities over the class names' first tokens (every answer valid by construction)."""
-        from ser_lightning.alm.local import class_first_tokens
+        from ser_lightning.alm.qwen2_audio_annotator import class_first_tokens
 
         ids = class_first_tokens(self.processor.tokenizer, self.prompt_classes)
         probs = next_token_distribution(self.backbone, inputs, ids).double().cpu()
@@ -257,7 +258,7 @@ class ALMDistribution(DistributionModule):
         return self._finish(probs, details, [], (0, 0))
 
     def _verify(
-        self, batch: dict[str, Any], texts: list[list[str]], valid: Tensor
+        self, batch: Batch, texts: list[list[str]], valid: Tensor
     ) -> tuple[Tensor | None, list[list[float | None]] | None, tuple[int, int]]:
         """Verifier scores ``(N, B)`` of the valid candidates, per-candidate scores, (unparseable, failed) counts.
 
@@ -300,7 +301,7 @@ class ALMDistribution(DistributionModule):
             final = dirichlet_mixture_mean(probs, alpha, valid, tau=self.hparams.tau)  # Eq. 2-3
             index = torch.zeros(probs.shape[0], dtype=torch.long)
         else:  # wverifier: Eq. 3 with the verifier's weights
-            final = weighted_mean(probs, score_weights(scores, valid, mode=self.hparams.verifier_weighting))
+            final = candidate_mixture(probs, score_weights(scores, valid, mode=self.hparams.verifier_weighting))
             index = torch.zeros(probs.shape[0], dtype=torch.long)
         return final, [int(k) for k in index]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from ser_lightning.losses import AmbER2Loss, ClassBalancedCrossEntropyLoss
 from ser_lightning.models.base import EVAL_STAGES, DistributionModule
 from ser_lightning.nn import GatedFusion, MLPHead, TextEncoder
+from ser_lightning.types import Batch, DataRequirements
 
 HEADS = ("audio", "text", "fusion")
 
@@ -91,11 +92,11 @@ class AmbER2(DistributionModule):
             {stage: nn.ModuleDict({m: self.new_eval_metric() for m in HEADS}) for stage in EVAL_STAGES}
         )
 
-    def data_requirements(self) -> dict[str, Any]:
+    def data_requirements(self) -> DataRequirements:
         """What the DataModule must deliver: audio at the encoder's rate, tokens of the text encoder."""
         return {"sample_rate": self.audio_encoder.sample_rate, "tokenizer": self.text_encoder.tokenizer_name_or_path}
 
-    def head_logits(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+    def head_logits(self, batch: Batch) -> dict[str, Tensor]:
         """Logits of the audio, text and fusion heads (Eq. 2 before the softmax)."""
         h_a = self.audio_encoder(batch["audio"], batch["audio_mask"])
         h_t = self.text_encoder(batch["text_input_ids"], batch["text_attention_mask"])
@@ -106,11 +107,11 @@ class AmbER2(DistributionModule):
             "fusion": self.heads["fusion"](h_at),
         }
 
-    def forward(self, batch: dict[str, Any]) -> Tensor:
+    def forward(self, batch: Batch) -> Tensor:
         """The student's distribution s = p_{m*}."""
         return self.head_logits(batch)[self.student].softmax(-1)
 
-    def _eval_step(self, stage: str, batch: dict[str, Any]) -> None:
+    def _eval_step(self, stage: str, batch: Batch) -> None:
         """Score the student (unprefixed metrics, test predictions) and every head from one forward pass."""
         probs = {m: v.softmax(-1) for m, v in self.head_logits(batch).items()}
         self._update_eval_metrics(stage, probs[self.student], batch)
@@ -123,7 +124,7 @@ class AmbER2(DistributionModule):
         for m in HEADS:
             self.log_eval_metric(f"{stage}/{m}", self.head_metrics[stage][m])
 
-    def training_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+    def training_loss(self, batch: Batch) -> dict[str, Tensor]:
         """AmbER² (Eq. 6) or CB-CE loss terms, with the expert weights u_m for logging."""
         logits = self.head_logits(batch)
         target = batch["targets"]

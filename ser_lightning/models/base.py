@@ -3,19 +3,23 @@
 A thin base (STYLE habit 11): subclasses implement ``forward(batch) -> (B, C) probabilities`` and
 ``training_loss(batch) -> dict``; everything a researcher reads in TensorBoard is produced here once.
 
-Every validation / test pass is accounted for (:meth:`DistributionModule.eval_reports`): the samples scored
-plus those the stream skipped (with reasons) must add up to the card's count for the split, which the
-DataModule hands over (``trainer.datamodule.eval_expectation``); otherwise the run stops with an error naming
+The data facts come in through :meth:`DistributionModule.connect_data` (``ser_lightning.types.DataFacts``, handed
+over by the CLI from ``SERDataModule.facts()``); the model never reads ``trainer.datamodule``.
+
+Every validation / test pass is accounted for (:attr:`DistributionModule.eval_reports`,
+:mod:`ser_lightning.runs.accounting`): the samples scored plus those the stream skipped (with reasons) must add up
+to the card's count for the split (the facts' ``expectations``); otherwise the run stops with an error naming
 the split, the counts and the damaged shards, or with ``allow_partial_eval`` warns and reports
 ``complete: false``. A pass the trainer cut on purpose (``limit_*_batches``, ``fast_dev_run``, sanity
 check) is reported as incomplete without an error.
 
 Every test pass also writes ``test_predictions.jsonl`` into the log directory (one line per scored utterance:
-target, prediction and the model's per-utterance extras, see :mod:`ser_lightning.models.test_predictions`).
+target, prediction and the model's per-utterance extras, see :mod:`ser_lightning.runs.scored_records`).
 
-Every checkpoint describes itself (``checkpoint["ser_lightning"]``: classes, sample rate, label source, bin edges,
-the DataModule's input settings, the model's class path and init arguments) and is lean: frozen pretrained parts
-are left out and checked against a fingerprint when loaded (see :mod:`ser_lightning.models.lean`).
+Every checkpoint describes itself (``checkpoint["ser_lightning"]``, :mod:`ser_lightning.runs.checkpoint`: classes,
+sample rate, label source, bin edges, the DataModule's input settings, the model's class path and init arguments)
+and is lean: frozen pretrained parts are left out and checked against a fingerprint when loaded
+(:mod:`ser_lightning.runs.frozen_parts`).
 """
 
 from __future__ import annotations
@@ -30,20 +34,19 @@ import torch
 from torch import Tensor, nn
 
 from ser_lightning.metrics import WIDTH_EDGES, AmbiguityBinnedMetrics
-from ser_lightning.metrics.functional.distribution import js_divergence_per_item
 from ser_lightning.metrics.functional.probability import entropy
-from ser_lightning.models.figures import bin_bar_chart, confusion_figure
-from ser_lightning.models.gather import gather_json
-from ser_lightning.models.lean import CHECKPOINT_KEY, FORMAT, LeanParts, check_keys, class_path, declared_parts, plain
-from ser_lightning.models.lean import lean_keys as frozen_keys
-from ser_lightning.models.test_predictions import ScoredPredictions, merge_extras
+from ser_lightning.runs.accounting import PassTally, incomplete_message, pass_report, skips_only
+from ser_lightning.runs.checkpoint import CHECKPOINT_KEY, FORMAT, class_path
+from ser_lightning.runs.figures import bin_bar_chart, confusion_figure
+from ser_lightning.runs.frozen_parts import FrozenParts, check_keys, declared_parts, frozen_keys
+from ser_lightning.runs.gather import gather_json
+from ser_lightning.runs.json_values import plain
+from ser_lightning.runs.scored_records import ScoredRecords, merge_extras
+from ser_lightning.types import INPUT_SETTINGS, Batch, DataFacts, DataRequirements, EvalExpectation
 
 log = logging.getLogger(__name__)
 
 EVAL_STAGES = ("val", "test")
-MAX_LISTED = 100  # skipped samples / shard errors listed in a report (all are counted)
-# the DataModule's settings that shape a model's input, recorded in every checkpoint
-DATA_KEYS = ("crop_seconds", "max_text_length", "text_tokenizer", "label_source", "sample_rate")
 
 
 class DistributionModule(L.LightningModule):
@@ -73,31 +76,45 @@ class DistributionModule(L.LightningModule):
                 for stage in EVAL_STAGES
             }
         )
-        self._tally: dict[str, dict[str, Any]] = {stage: _new_tally() for stage in EVAL_STAGES}
-        self._expectation: dict[str, dict[str, Any] | None] = dict.fromkeys(EVAL_STAGES)
+        self._tally: dict[str, PassTally] = {stage: PassTally() for stage in EVAL_STAGES}
+        self._expectation: dict[str, EvalExpectation | None] = dict.fromkeys(EVAL_STAGES)
         self.eval_reports: dict[str, dict[str, Any]] = {}  # stage -> the last pass's accounting (see _account)
-        self.test_predictions = ScoredPredictions()  # the test pass's records -> test_predictions.jsonl
+        self.test_predictions = ScoredRecords(self.classes)  # the test pass's records -> test_predictions.jsonl
+        self.data_facts: DataFacts | None = None  # what the data told this model (connect_data)
         self._model_spec: dict[str, Any] | None = None  # {"class_path", "init_args"}: see set_model_spec
-        self._lean = LeanParts()
+        self._frozen = FrozenParts()
         self._loaded_data: dict[str, Any] | None = None  # the data settings of the checkpoint last loaded
         # keys are checked in on_load_checkpoint: strict, except the frozen pretrained parts left out (lean)
         self.strict_loading = False
 
     # -- to implement ------------------------------------------------------------------------
-    def forward(self, batch: dict[str, Any]) -> Tensor:
+    def forward(self, batch: Batch) -> Tensor:
         """Predicted class distributions ``(B, C)`` for a collated batch."""
         raise NotImplementedError
 
-    def training_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+    def training_loss(self, batch: Batch) -> dict[str, Tensor]:
         """Loss terms for a batch; ``loss`` is the one optimised, the others are logged."""
         raise NotImplementedError
 
-    def predict_with_details(self, batch: dict[str, Any]) -> tuple[Tensor, list[dict[str, Any]] | None]:
+    def predict_with_details(self, batch: Batch) -> tuple[Tensor, list[dict[str, Any]] | None]:
         """(B, C) probabilities and per-utterance extra fields (e.g. raw ALM output, parse strategy) or None."""
         return self(batch), None
 
+    def data_requirements(self) -> DataRequirements:
+        """What the data side must deliver (sample rate, tokenizer, batch transform); none by default."""
+        return {}
+
+    # -- the data facts ------------------------------------------------------------------------
+    def connect_data(self, facts: DataFacts) -> None:
+        """Take the data facts: each pass's expectation, the input settings checkpoints record, batch bounds.
+
+        The CLI calls it after instantiation with ``SERDataModule.facts()``; without it a pass reports
+        ``complete: null`` (nothing to compare with) and checkpoints record no input settings.
+        """
+        self.data_facts = facts
+
     # -- loops -------------------------------------------------------------------------------
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         """One optimisation step; every loss term is logged under ``train/``."""
         terms = self.training_loss(batch)
         batch_size = batch["targets"].shape[0]
@@ -105,49 +122,42 @@ class DistributionModule(L.LightningModule):
         self.log_dict({f"train/{k}": v for k, v in terms.items() if k != "loss"}, batch_size=batch_size)
         return terms["loss"]
 
-    def _eval_step(self, stage: str, batch: dict[str, Any]) -> None:
+    def _eval_step(self, stage: str, batch: Batch) -> None:
         probs, extras = self.predict_with_details(batch)
         self._update_eval_metrics(stage, probs, batch, extras)
 
-    def _eval_batch(self, stage: str, batch: dict[str, Any]) -> None:
+    def _eval_batch(self, stage: str, batch: Batch) -> None:
         """Tally the batch (its samples and the stream's skips) and score it, unless it only carries skips."""
         tally = self._tally[stage]
-        tally["batches"] += 1
-        tally["skipped"].extend(batch.get("skipped") or [])
-        if _skips_only(batch):
+        tally.add_skips(batch)
+        if skips_only(batch):
             return
         self._eval_step(stage, batch)
-        target = batch["targets"].detach().double()
-        tally["scored"] += target.shape[0]
         # reference predictors on exactly the scored samples: uniform, and the train split's mean distribution
-        tally["uniform_js"] += float(js_divergence_per_item(torch.ones_like(target), target).sum())
-        mean = (self._expectation[stage] or {}).get("train_mean")
-        if mean is not None:
-            ref = torch.as_tensor(mean, dtype=torch.float64, device=target.device).expand_as(target)
-            tally["train_mean_js"] += float(js_divergence_per_item(ref, target).sum())
+        tally.add_scored(batch["targets"], (self._expectation[stage] or {}).get("train_mean"))
 
     def _update_eval_metrics(
-        self, stage: str, probs: Tensor, batch: dict[str, Any], extras: list[dict[str, Any]] | None = None
+        self, stage: str, probs: Tensor, batch: Batch, extras: list[dict[str, Any]] | None = None
     ) -> None:
         # bins follow the target entropy stored with each sample (float64 nats), not one recomputed here
         self.eval_metrics[stage].update(probs.float(), batch["targets"].float(), batch["entropy"])
         if stage == "test":
             self.test_predictions.add(batch, probs, extras)
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
         """Accumulate validation metrics."""
         self._eval_batch("val", batch)
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
         """Accumulate test metrics."""
         self._eval_batch("test", batch)
 
     def on_validation_epoch_start(self) -> None:
-        """Start the pass's tally and take what it must account for from the DataModule."""
+        """Start the pass's tally and take what it must account for from the data facts."""
         self._start_eval("val")
 
     def on_test_epoch_start(self) -> None:
-        """Start the pass's tally and take what it must account for from the DataModule."""
+        """Start the pass's tally and take what it must account for from the data facts."""
         self._start_eval("test")
         self.test_predictions.reset()
 
@@ -164,9 +174,8 @@ class DistributionModule(L.LightningModule):
 
     # -- completeness ------------------------------------------------------------------------
     def _start_eval(self, stage: str) -> None:
-        self._tally[stage] = _new_tally()
-        hand_over = getattr(getattr(self.trainer, "datamodule", None), "eval_expectation", None)
-        self._expectation[stage] = hand_over(stage) if callable(hand_over) else None
+        self._tally[stage] = PassTally()
+        self._expectation[stage] = None if self.data_facts is None else self.data_facts.expectations.get(stage)
 
     def _limited(self, stage: str, batches: list[int]) -> bool:
         """Whether the trainer cut this pass on purpose (sanity check, ``limit_*_batches``, ``fast_dev_run``)."""
@@ -177,42 +186,15 @@ class DistributionModule(L.LightningModule):
         return isinstance(limit, int | float) and math.isfinite(limit) and max(batches, default=0) >= limit
 
     def _account(self, stage: str) -> None:
-        """Compare scored + skipped samples, summed over ranks, with the card; stop or warn when they differ.
+        """Gather every rank's tally, set ``eval_reports[stage]`` (``runs.accounting.pass_report``), log the counts.
 
-        Sets ``eval_reports[stage]``: ``split``, ``complete``, ``expected``, ``scored``, ``skipped``,
-        ``skipped_samples`` / ``shard_errors`` (``{"key", "shard", "reason"}``, at most 100 each),
-        ``damaged_shards`` and ``reference`` (``uniform_js``, ``train_mean_js``: JS in bits on the scored set).
-        ``complete`` is true when every sample the card lists was scored or skipped with a reason and no shard
-        failed while streaming; ``None`` without a DataModule that states an expectation.
+        An incomplete pass raises ``RuntimeError`` naming the split, the counts and the damaged shards, or under
+        ``allow_partial_eval`` warns.
         """
-        tallies = gather_json(self._tally[stage], self.trainer.world_size, self.device)
-        scored = sum(t["scored"] for t in tallies)
-        records = [r for t in tallies for r in t["skipped"]]
-        samples = sorted((r for r in records if r.get("key") is not None), key=lambda r: (str(r["shard"]), r["key"]))
-        shard_errors = [dict(r) for r in sorted({tuple(sorted(r.items())) for r in records if r.get("key") is None})]
-        expectation = self._expectation[stage] or {}
-        expected = expectation.get("expected")
+        tallies = gather_json(self._tally[stage].as_json(), self.trainer.world_size, self.device)
+        expectation = self._expectation[stage]
         limited = self._limited(stage, [t["batches"] for t in tallies])
-        complete = None if expected is None else (scored + len(samples) == expected and not shard_errors)
-        report: dict[str, Any] = {
-            "split": expectation.get("split", stage),
-            "complete": False if limited else complete,
-            "limited": limited,
-            "expected": expected,
-            "scored": scored,
-            "skipped": len(samples),
-            "skipped_samples": samples[:MAX_LISTED],
-            "shard_errors": shard_errors[:MAX_LISTED],
-            "damaged_shards": [],
-            "reference": {
-                "uniform_js": sum(t["uniform_js"] for t in tallies) / scored if scored else None,
-                "train_mean_js": (
-                    sum(t["train_mean_js"] for t in tallies) / scored
-                    if scored and expectation.get("train_mean") is not None
-                    else None
-                ),
-            },
-        }
+        report = pass_report(stage, tallies, expectation, limited)
         self.eval_reports[stage] = report
         if not self.trainer.sanity_checking:
             for name in ("skipped", "scored"):
@@ -220,21 +202,12 @@ class DistributionModule(L.LightningModule):
             for name, value in report["reference"].items():
                 if value is not None:
                     self.log(f"{stage}/reference/{name}", value, sync_dist=False)
-        if limited or complete is not False:
+        if limited or report["complete"] is not False:
             return
-        self._incomplete(stage, report, expectation)
-
-    def _incomplete(self, stage: str, report: dict[str, Any], expectation: dict[str, Any]) -> None:
-        """Name the split, the counts and the damaged shards; raise, or warn under ``allow_partial_eval``."""
-        damaged = getattr(getattr(self.trainer, "datamodule", None), "damaged_shards", None)
-        report["damaged_shards"] = damaged(report["split"]) if callable(damaged) else []
-        shards = report["damaged_shards"] + [f"{e['shard']}: {e['reason']}" for e in report["shard_errors"]]
-        message = (
-            f"incomplete {stage} pass over split {report['split']!r}: the card lists {report['expected']} samples, "
-            f"{report['scored']} were scored and {report['skipped']} skipped with a reason. Damaged shards: "
-            + ("; ".join(shards) if shards else "none found (is the card out of date? see refresh_card)")
-        )
-        if expectation.get("allow_partial"):
+        damaged = None if self.data_facts is None else self.data_facts.damaged_shards
+        report["damaged_shards"] = damaged(report["split"]) if damaged is not None else []
+        message = incomplete_message(stage, report)
+        if (expectation or {}).get("allow_partial"):
             log.warning("%s (allow_partial_eval: metrics marked complete=false)", message)
             return
         raise RuntimeError(message + ". Pass --data.allow_partial_eval true to report a partial evaluation instead.")
@@ -289,9 +262,9 @@ class DistributionModule(L.LightningModule):
         return groups
 
     # -- prediction --------------------------------------------------------------------------
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+    def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:
         """One record per utterance: id, classes, probabilities, entropy (nats), and the model's extra fields."""
-        if _skips_only(batch):
+        if skips_only(batch):
             return []
         probs, extras = self.predict_with_details(batch)
         probs = probs.float()
@@ -301,7 +274,6 @@ class DistributionModule(L.LightningModule):
             merge_extras({"id": uid, "classes": self.classes, "probabilities": p.tolist(), "entropy": float(h)}, x)
             for uid, p, h, x in zip(batch["ids"], probs.cpu(), ent.cpu(), rows, strict=True)
         ]
-
 
     # -- checkpoints -------------------------------------------------------------------------
     def set_model_spec(self, spec: dict[str, Any]) -> None:
@@ -331,15 +303,13 @@ class DistributionModule(L.LightningModule):
 
     def checkpoint_entry(self) -> dict[str, Any]:
         """The ``checkpoint["ser_lightning"]`` entry: what prediction needs without shards or config."""
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        if datamodule is not None:
-            data = {key: plain(getattr(datamodule, key, None)) for key in DATA_KEYS}
+        if self.data_facts is not None:
+            data = plain(self.data_facts.input_settings())
         else:
-            data = dict(self._loaded_data or dict.fromkeys(DATA_KEYS))
+            data = dict(self._loaded_data or dict.fromkeys(INPUT_SETTINGS))
         sample_rate = data.get("sample_rate")
-        requirements = getattr(self, "data_requirements", None)
-        if sample_rate is None and callable(requirements):
-            sample_rate = requirements().get("sample_rate")
+        if sample_rate is None:
+            sample_rate = self.data_requirements().get("sample_rate")
         parts = self.lean_parts()
         return {
             "format": FORMAT,
@@ -350,7 +320,7 @@ class DistributionModule(L.LightningModule):
             "bin_edges": list(self.bin_edges),
             "data": data,
             "model": self.model_spec(),
-            "lean": self._lean.entry(self, parts),
+            "lean": self._frozen.entry(self, parts),
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -371,19 +341,10 @@ class DistributionModule(L.LightningModule):
         parts = self.lean_parts()
         stored = parts if entry is None else (entry.get("lean") or {})
         if entry is not None:
-            self._lean.check(self, parts, stored)
+            self._frozen.check(self, parts, stored)
             self._loaded_data = dict(entry.get("data") or {}) or None
             if self._model_spec is None and entry.get("model"):
                 self._model_spec = entry["model"]
         state = checkpoint.get("state_dict") or {}
         check_keys(state, self.state_dict().keys(), frozen_keys(self, stored))
-
-
-def _new_tally() -> dict[str, Any]:
-    return {"batches": 0, "scored": 0, "skipped": [], "uniform_js": 0.0, "train_mean_js": 0.0}
-
-
-def _skips_only(batch: dict[str, Any]) -> bool:
-    """A batch of no samples that only carries the stream's ``skipped`` records (see ``EvalStream``)."""
-    return "targets" not in batch and not batch.get("ids")
 

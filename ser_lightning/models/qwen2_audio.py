@@ -20,12 +20,20 @@ from ser_lightning.alm.features import FEATURE_KEYS, Qwen2AudioFeatures
 from ser_lightning.losses import JSDivergenceLoss
 from ser_lightning.metrics.functional.probability import entropy
 from ser_lightning.models.base import DistributionModule
-from ser_lightning.models.qwen2_audio_io import adapter_targets, write_adapter
 from ser_lightning.nn.distribution_head import EmotionClassifierHead
-from ser_lightning.nn.qwen2_audio import Quantization, apply_lora, qwen2_audio_hidden_states
-from ser_lightning.nn.qwen2_audio_cache import EncoderCache, encoder_fingerprint, feature_settings
-from ser_lightning.nn.qwen2_audio_forward import qwen2_audio_core
-from ser_lightning.nn.qwen2_audio_random import offline_processor_sizes, qwen2_audio_base
+from ser_lightning.nn.qwen2_audio import (
+    EncoderCache,
+    Quantization,
+    apply_lora,
+    encoder_fingerprint,
+    feature_settings,
+    offline_processor_sizes,
+    qwen2_audio_base,
+    qwen2_audio_core,
+    qwen2_audio_hidden_states,
+)
+from ser_lightning.runs.adapters import adapter_targets, write_adapter
+from ser_lightning.types import Batch, DataRequirements
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +79,7 @@ class Qwen2AudioDistribution(DistributionModule):
         weight_decay: AdamW weight decay, not on biases and norms as in the HF Trainer (authors: 0.03).
         warmup_ratio: share of the optimizer steps with linear warm-up before the cosine decay (authors: 0.15).
         effective_batch_size: sets ``trainer.accumulate_grad_batches = ceil(effective_batch_size / (world_size x
-            datamodule.max_batch_size))`` when a fit starts (authors: 8 per device x 8 accumulation = 64); ``None``
+            data.max_batch_size))`` when a fit starts (authors: 8 per device x 8 accumulation = 64); ``None``
             keeps the trainer's setting.
         encoder_cache_dir: directory of the on-disk encoder-output cache (``None``: off); refused with
             ``lora_on_audio_encoder``. DiME-mixed samples (``batch["augmented"]``) bypass it.
@@ -122,7 +130,7 @@ class Qwen2AudioDistribution(DistributionModule):
         self.encoder_cache: EncoderCache | None = None
 
     # -- building ---------------------------------------------------------------------------
-    def data_requirements(self) -> dict[str, Any]:
+    def data_requirements(self) -> DataRequirements:
         """16 kHz audio and the processor inputs, computed per batch in the DataModule's workers."""
         return {"sample_rate": 16000, "batch_transform": self.feature_transform()}
 
@@ -178,14 +186,14 @@ class Qwen2AudioDistribution(DistributionModule):
             raise RuntimeError("the backbone is built in configure_model(): call it (or build()) before use")
 
     # -- forward and loss ------------------------------------------------------------------
-    def _inputs(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+    def _inputs(self, batch: Batch) -> dict[str, Tensor]:
         """The processor inputs of ``batch``: computed by the DataModule's transform, or here if it did not run."""
         if all(key in batch for key in FEATURE_KEYS):
             return {key: batch[key] for key in FEATURE_KEYS}
         inputs = self.feature_transform()(batch)
         return {key: value.to(self.head.output.weight.device) for key, value in inputs.items()}
 
-    def logits(self, batch: dict[str, Any]) -> Tensor:
+    def logits(self, batch: Batch) -> Tensor:
         """Head logits ``(B, C)`` from the language model's last hidden states (no ``lm_head``)."""
         self._require_built()
         inputs = self._inputs(batch)
@@ -202,11 +210,11 @@ class Qwen2AudioDistribution(DistributionModule):
         )
         return self.head(hidden, inputs["attention_mask"]).float()
 
-    def forward(self, batch: dict[str, Any]) -> Tensor:
+    def forward(self, batch: Batch) -> Tensor:
         """Predicted distributions ``(B, C)``: softmax of the head (paper Fig. 1)."""
         return self.logits(batch).softmax(-1)
 
-    def training_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+    def training_loss(self, batch: Batch) -> dict[str, Tensor]:
         """JS(target, p) in nats + ``entropy_weight`` x H(p) (authors' ``EmotionLoss``), with both terms logged."""
         logits = self.logits(batch)
         probs = logits.detach().softmax(-1)
@@ -222,10 +230,10 @@ class Qwen2AudioDistribution(DistributionModule):
         trainer = self._trainer
         if stage != "fit" or trainer is None or self.hparams.effective_batch_size is None:
             return
-        per_step = getattr(getattr(trainer, "datamodule", None), "max_batch_size", None)
-        if per_step is None:
-            log.warning("no datamodule.max_batch_size: accumulation unchanged (%s)", trainer.accumulate_grad_batches)
+        if self.data_facts is None:
+            log.warning("no data facts (max_batch_size): accumulation unchanged (%s)", trainer.accumulate_grad_batches)
             return
+        per_step = self.data_facts.max_batch_size
         trainer.accumulate_grad_batches = accumulation_steps(
             self.hparams.effective_batch_size, trainer.world_size, per_step
         )

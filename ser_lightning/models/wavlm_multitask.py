@@ -11,7 +11,7 @@ first (:func:`~ser_lightning.metrics.functional.probability.dominant_class`). ``
 soft-target CE), ``kl``, ``wkld`` (class-weighted KL) and ``js`` (nats) train on the target distribution. Every
 loss is computed per sample and reduced by the batch mean, or under the entropy curriculum by
 :func:`~ser_lightning.losses.curriculum.curriculum_loss` with ``self.curriculum`` (set each epoch by the
-:class:`~ser_lightning.models.curriculum.EntropyCurriculum` callback; None: off). Hard losses drop the rows
+:class:`~ser_lightning.callbacks.curriculum.EntropyCurriculum` callback; None: off). Hard losses drop the rows
 without a label first, then the curriculum weighs (and, in filter modes, falls back within) the rest. A batch
 with nothing to learn from gives 0 x the logits' sum: a zero loss that keeps every head in the graph (DDP).
 
@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.regression import ConcordanceCorrCoef
 
+from ser_lightning.labels import normalized_entropy
 from ser_lightning.losses import (
     CCCLoss,
     ClassBalancedCrossEntropyLoss,
@@ -38,14 +39,12 @@ from ser_lightning.losses import (
     GaussianNLLCCCLoss,
     SoftClassBalancedCrossEntropyLoss,
     curriculum_loss,
-    js_divergence,
-    kl_divergence,
-    normalized_entropy,
     scale_vad_targets,
 )
-from ser_lightning.metrics.functional.probability import dominant_class
+from ser_lightning.metrics.functional.probability import dominant_class, js_divergence_per_item, kl_divergence_per_item
 from ser_lightning.models.base import EVAL_STAGES, DistributionModule
 from ser_lightning.nn import MLPHead
+from ser_lightning.types import Batch, DataRequirements
 
 VAD_NAMES = ("valence", "arousal", "dominance")
 CategoricalLoss = Literal["ce", "cbce", "soft_cbce", "kl", "wkld", "js"]
@@ -129,21 +128,21 @@ class WavLMMultitask(DistributionModule):
         )
         self.curriculum: CurriculumSetting | None = None  # set each epoch by the EntropyCurriculum callback
 
-    def data_requirements(self) -> dict[str, Any]:
+    def data_requirements(self) -> DataRequirements:
         """Audio at the encoder's sample rate; no text."""
         return {"sample_rate": self.audio_encoder.sample_rate}
 
-    def outputs(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
+    def outputs(self, batch: Batch) -> tuple[Tensor, Tensor | None]:
         """Categorical logits ``(B, C)`` and raw VAD outputs ``(B, 6)`` / ``(B, 3)`` (``None`` without the task)."""
         h = self.audio_encoder(batch["audio"], batch["audio_mask"])
         return self.categorical_head(h), None if self.vad_head is None else self.vad_head(h)
 
-    def forward(self, batch: dict[str, Any]) -> Tensor:
+    def forward(self, batch: Batch) -> Tensor:
         """Predicted class distribution."""
         return self.outputs(batch)[0].softmax(-1)
 
     # -- losses --------------------------------------------------------------------------------
-    def hard_labels(self, batch: dict[str, Any]) -> Tensor:
+    def hard_labels(self, batch: Batch) -> Tensor:
         """``(B,)`` class indices of ``ce`` / ``cbce``, -1 where the sample has none (consensus only)."""
         if self.hparams.hard_target == "plurality":
             return dominant_class(batch["targets"]).long()  # ties toward the class listed first
@@ -151,7 +150,7 @@ class WavLMMultitask(DistributionModule):
             raise KeyError("hard_target 'consensus' needs batch['consensus'] (re-run ser-prepare for consensus labels)")
         return batch["consensus"].long()
 
-    def categorical_per_sample(self, logits: Tensor, batch: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
+    def categorical_per_sample(self, logits: Tensor, batch: Batch) -> tuple[Tensor, Tensor | None]:
         """Per-sample categorical losses ``(B,)`` and, for consensus labels, which rows have one ``(B,)`` bool."""
         name = self.hparams.categorical_loss
         if name in HARD_LOSSES:
@@ -161,12 +160,12 @@ class WavLMMultitask(DistributionModule):
             return per_sample, rows if self.hparams.hard_target == "consensus" else None
         target = batch["targets"].to(logits.dtype)
         if name == "kl":
-            return kl_divergence(target, logits.log_softmax(-1)), None  # theirs: KLDivLoss(batchmean)
+            return kl_divergence_per_item(target, logits.log_softmax(-1)), None  # theirs: KLDivLoss(batchmean)
         if name == "js":
-            return js_divergence(target, logits.softmax(-1)), None
+            return js_divergence_per_item(target, logits.softmax(-1)), None
         return self.categorical_loss(logits, target), None
 
-    def classification_loss(self, logits: Tensor, batch: dict[str, Any]) -> dict[str, Tensor]:
+    def classification_loss(self, logits: Tensor, batch: Batch) -> dict[str, Tensor]:
         """``categorical``: the batch's loss under the curriculum; with consensus labels ``consensus_missing`` too."""
         per_sample, rows = self.categorical_per_sample(logits, batch)
         setting = self.curriculum
@@ -185,7 +184,7 @@ class WavLMMultitask(DistributionModule):
             terms["categorical"] = curriculum_loss(per_sample, h_norm, setting)
         return terms
 
-    def vad_terms(self, vad: Tensor, batch: dict[str, Any]) -> dict[str, Tensor]:
+    def vad_terms(self, vad: Tensor, batch: Batch) -> dict[str, Tensor]:
         """``vad``: the VAD loss; ``vad_nll`` and ``vad_ccc_loss`` (Gaussian NLL) or ``vad_ccc_loss`` (CCC)."""
         target = batch["vad"].to(vad.device, vad.dtype)
         if self.hparams.vad_loss == "ccc":
@@ -195,7 +194,7 @@ class WavLMMultitask(DistributionModule):
         out = self.vad_loss(vad[:, :k], vad[:, k:], scale_vad_targets(target))
         return {"vad": out["loss"], "vad_nll": out["nll"].detach(), "vad_ccc_loss": out["ccc_loss"].detach()}
 
-    def training_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+    def training_loss(self, batch: Batch) -> dict[str, Tensor]:
         """Categorical loss (curriculum-weighted when active) + ``vad_weight`` x the VAD loss."""
         logits, vad = self.outputs(batch)
         terms = self.classification_loss(logits, batch)
@@ -214,7 +213,7 @@ class WavLMMultitask(DistributionModule):
             return vad, target
         return vad[:, : len(VAD_NAMES)], scale_vad_targets(target)
 
-    def _eval_step(self, stage: str, batch: dict[str, Any]) -> None:
+    def _eval_step(self, stage: str, batch: Batch) -> None:
         logits, vad = self.outputs(batch)
         self._update_eval_metrics(stage, logits.softmax(-1), batch)
         if vad is None:

@@ -20,7 +20,7 @@ from ser_lightning.cli.train import main
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = ["configs/alm_tts.yaml", "configs/debug/tiny_alm.yaml"]
+CONFIGS = ["configs/alm_test_time_scaling.yaml", "configs/debug/tiny_alm.yaml"]
 BEAMS = {"base": 1, "cot": 1, "bon": 5, "wbon": 5, "verifier": 3, "wverifier": 3, "exact": 0}
 
 
@@ -80,7 +80,7 @@ def test_every_strategy_runs_through_train_py_test(strategy, tmp_path, tiny_qwen
 
 
 def test_gemini_verifier_and_the_report(tmp_path, tiny_qwen2_audio_dir, monkeypatch):  # noqa: F811
-    from ser_lightning.alm.report import main as report
+    from ser_lightning.cli.report import main as report
 
     scores = iter(["0.9", "0.1", "no idea", "0.5"] * 1000)
     with FakeGemini(default=lambda received: ok(next(scores))) as fake:

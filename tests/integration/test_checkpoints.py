@@ -20,8 +20,8 @@ from transformers import AutoModel, AutoTokenizer
 
 from ser_lightning.cli.train import main
 from ser_lightning.data.stream.datamodule import SERDataModule
-from ser_lightning.models.checkpoint import CHECKPOINT_KEY, checkpoint_info, restore_model
 from ser_lightning.nn.text import minilm_path
+from ser_lightning.runs.checkpoint import CHECKPOINT_KEY, checkpoint_info, restore_model
 
 pytestmark = pytest.mark.integration
 

@@ -2,8 +2,9 @@
 
 Header convention: each top-level ``configs/*.yaml`` starts with two comment lines, ``# overlays: debug/a.yaml ...``
 (the ``configs/debug/`` overlays, in order, that make it tiny) and ``# stages: fit validate test predict`` (the
-subcommands it supports; models that only evaluate leave out ``fit``); every ``configs/debug/*.yaml`` is an overlay
-and must be named by at least one config.
+subcommands it supports; models that only evaluate leave out ``fit``); a config that is an overlay of another adds
+``# parent: other.yaml`` (it runs as ``--config other.yaml --config it.yaml``); every ``configs/debug/*.yaml`` is an
+overlay and must be named by at least one config (``configs/debug/shared/`` holds the pieces they include).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ser_lightning.cli.train import main
 
@@ -23,7 +25,7 @@ CONFIG_DIR = ROOT / "configs"
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 OVERLAYS = sorted((CONFIG_DIR / "debug").glob("*.yaml"))
 STAGES = ("fit", "validate", "test", "predict")
-HEADER = re.compile(r"^#\s*(overlays|stages):(.*)$")
+HEADER = re.compile(r"^#\s*(overlays|stages|parent):(.*)$")
 
 
 def header(config: Path) -> dict[str, list[str]]:
@@ -41,6 +43,12 @@ def header(config: Path) -> dict[str, list[str]]:
 def overlay_args(config: Path) -> list[str]:
     """``--config`` arguments for the overlays a config's header names (paths relative to configs/)."""
     return [arg for name in header(config)["overlays"] for arg in ("--config", str(CONFIG_DIR / name))]
+
+
+def config_args(config: Path) -> list[str]:
+    """``--config`` arguments of a config: its parent first when it is an overlay of one (``# parent:``)."""
+    parents = [CONFIG_DIR / name for name in header(config).get("parent", [])]
+    return [arg for path in (*parents, config) for arg in ("--config", str(path))]
 
 
 def run_args(tmp_path: Path, name: str) -> list[str]:
@@ -74,7 +82,12 @@ def test_configs_are_discovered():
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
 def test_config_declares_overlays_and_stages(config):
     declared = header(config)
-    assert declared.keys() == {"overlays", "stages"}, f"{config.name} lacks the '# overlays:' / '# stages:' header"
+    assert {"overlays", "stages"} <= declared.keys() <= {"overlays", "stages", "parent"}, (
+        f"{config.name} lacks the '# overlays:' / '# stages:' header"
+    )
+    for parent in declared.get("parent", []):
+        assert (CONFIG_DIR / parent).is_file(), parent
+        assert "parent" not in header(CONFIG_DIR / parent), f"{parent}: one level of parents"
     assert declared["stages"], f"{config.name} declares no stage"
     assert set(declared["stages"]) <= set(STAGES), declared["stages"]
     for name in declared["overlays"]:
@@ -91,11 +104,34 @@ def test_every_overlay_is_used(overlay):
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
 def test_config_parses_alone_and_with_overlays(config, capsys):
     stage = header(config)["stages"][0]
-    alone = print_config([stage, "--config", str(config)], capsys)
+    alone = print_config([stage, *config_args(config)], capsys)
     assert "class_path: ser_lightning.models." in alone
-    tiny = print_config([stage, "--config", str(config), *overlay_args(config)], capsys)
+    tiny = print_config([stage, *config_args(config), *overlay_args(config)], capsys)
     assert "class_path: ser_lightning.models." in tiny
     assert not overlay_args(config) or tiny != alone  # the overlays took effect
+
+
+def _flat(tree: object, prefix: str = "") -> dict[str, object]:
+    """``{"a.b.c": value}`` of a nested mapping (lists are values)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+@pytest.mark.parametrize("config", [c for c in CONFIGS if header(c).get("parent")], ids=lambda p: p.name)
+def test_an_overlay_config_changes_its_parent_only_where_it_says(config, capsys):
+    stage = header(config)["stages"][0]
+    parent = CONFIG_DIR / header(config)["parent"][0]
+    base = _flat(yaml.safe_load(print_config([stage, "--config", str(parent)], capsys)))
+    composed = _flat(yaml.safe_load(print_config([stage, *config_args(config)], capsys)))
+    own = _flat(yaml.safe_load(config.read_text(encoding="utf-8")))
+    changed = {k for k in base.keys() | composed.keys() if base.get(k) != composed.get(k)}
+    assert changed
+    assert all(any(k == o or k.startswith(o + ".") for o in own) for k in changed), changed - own.keys()
+    assert all(composed[k] == v for k, v in own.items() if not isinstance(v, list)), own
 
 
 def test_logger_and_checkpoint_come_from_the_cli_defaults(capsys):
@@ -110,7 +146,7 @@ def test_logger_and_checkpoint_come_from_the_cli_defaults(capsys):
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
 def test_config_runs_its_stages_on_tiny_overlays(config, tmp_path):
     stages = header(config)["stages"]
-    args = ["--config", str(config), *overlay_args(config), *run_args(tmp_path, config.stem)]
+    args = [*config_args(config), *overlay_args(config), *run_args(tmp_path, config.stem)]
     run_dir = tmp_path / config.stem / "v"
     checkpoint: list[str] = []
     if "fit" in stages:

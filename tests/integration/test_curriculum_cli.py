@@ -24,7 +24,8 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARDS = ROOT / "shards" / "demo"
-CONFIG = ROOT / "configs" / "wavlm_multitask_curriculum.yaml"
+PARENT = ROOT / "configs" / "wavlm_multitask.yaml"
+CONFIG = ROOT / "configs" / "wavlm_multitask_curriculum.yaml"  # an overlay of PARENT
 TINY = ROOT / "configs" / "debug" / "tiny.yaml"
 
 
@@ -33,7 +34,7 @@ def _schedule_overlay(tmp_path: Path, warmup: int, ramp: int, start: float, end:
     path.write_text(
         "trainer:\n"
         "  callbacks:\n"
-        "    - class_path: ser_lightning.models.curriculum.EntropyCurriculum\n"
+        "    - class_path: ser_lightning.callbacks.curriculum.EntropyCurriculum\n"
         "      init_args:\n"
         "        mode: filter\n"
         f"        warmup_epochs: {warmup}\n"
@@ -46,7 +47,7 @@ def _schedule_overlay(tmp_path: Path, warmup: int, ramp: int, start: float, end:
 
 def _args(tmp_path: Path, overlay: Path, epochs: int) -> list[str]:
     return [
-        *("--config", str(CONFIG), "--config", str(TINY), "--config", str(overlay)),
+        *("--config", str(PARENT), "--config", str(CONFIG), "--config", str(TINY), "--config", str(overlay)),
         *("--trainer.logger.init_args.save_dir", str(tmp_path)),
         *("--trainer.logger.init_args.name", "cur"),
         *("--trainer.logger.init_args.version", "v"),

@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from shard_fixtures import CLASSES, write_test_shards
 
-from ser_lightning.data.datamodule import SERDataModule
+from ser_lightning.data.stream.datamodule import SERDataModule
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cli_fixtures import TINY_DEMO
 
-from ser_lightning.cli.guards import NonFiniteError
+from ser_lightning.callbacks.guards import NonFiniteError
 from ser_lightning.cli.train import main
 from ser_lightning.data.shards import iter_shard_meta
 

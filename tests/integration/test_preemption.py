@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ser_lightning.cli.preemption import find_last
 from ser_lightning.cli.train import main
 from ser_lightning.data.stream.datamodule import EpochDataLoader, SERDataModule
+from ser_lightning.runs.run_dirs import find_last
 
 pytestmark = pytest.mark.integration
 

@@ -3,6 +3,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 from scipy.stats import entropy as scipy_entropy
 
 from ser_lightning import labels as L
@@ -47,19 +48,22 @@ def test_votes_to_distribution_and_errors():
         L.votes_to_distribution([1, -1])
 
 
-def test_merge_and_combine():
-    np.testing.assert_allclose(L.merge_votes([2, 1, 0], [0, 1, 2], 0.5), [2, 1.5, 1])
-    # 4 human votes + 2 synthetic annotations, each annotation an equal sample
-    np.testing.assert_allclose(L.combine_annotations([3, 1, 0], [0, 0, 2]), [0.5, 1 / 6, 1 / 3])
-    np.testing.assert_allclose(L.combine_annotations([3, 1, 0], [0, 0, 2], synthetic_weight=0.5), [0.6, 0.2, 0.2])
-
-
 def test_entropy_matches_scipy():
     rng = np.random.default_rng(0)
     p = rng.dirichlet(np.ones(6) * 0.5, size=50)
     p[0] = [1, 0, 0, 0, 0, 0]
     np.testing.assert_allclose(L.entropy(p), scipy_entropy(p, axis=-1), atol=1e-12)
     np.testing.assert_allclose(L.entropy(p, normalise=True), scipy_entropy(p, axis=-1) / math.log(6), atol=1e-12)
+
+
+def test_normalized_entropy_on_numpy_and_torch():
+    h = np.array([0.0, math.log(3) / 2, math.log(3), math.log(3) + 1e-12, math.nan])
+    want = [0.0, 0.5, 1.0, 1.0]
+    np.testing.assert_allclose(L.normalized_entropy(h, 3)[:4], want, atol=1e-12)
+    assert math.isnan(L.normalized_entropy(h, 3)[4])
+    got = L.normalized_entropy(torch.tensor(h), 3)
+    np.testing.assert_allclose(got[:4].numpy(), want, atol=1e-12)
+    assert math.isnan(got[4].item())
     assert L.entropy([0.25] * 4) == pytest.approx(math.log(4))
 
 
@@ -68,8 +72,6 @@ def test_bin_edges_quantile_and_width():
     edges = L.quantile_edges(ref, 3)
     np.testing.assert_allclose(edges, np.quantile(ref, [1 / 3, 2 / 3]))
     assert len(L.quantile_edges(ref, 5)) == 4
-    np.testing.assert_allclose(L.width_edges(4, 2), [math.log(4) / 2])
-    np.testing.assert_allclose(L.width_edges(6, 3), [math.log(6) / 3, 2 * math.log(6) / 3])
 
 
 def _fleiss_reference(n):

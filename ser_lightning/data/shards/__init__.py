@@ -1,7 +1,6 @@
 """Shard directories: writing them (:mod:`.writer`), and their card and sample JSON (:mod:`.card`).
 
-The names below are re-exported so that ``ser_lightning.data.shards.write_shards`` and
-``ser_lightning.data.shards.iter_shard_meta`` keep working from before the split into sub-modules.
+The names below are the package's API (what ``ser-prepare``, ``ser-annotate merge`` and the tests use).
 """
 
 from ser_lightning.data.shards.card import iter_shard_meta, read_card, rejection_summary, shard_dir_statistics

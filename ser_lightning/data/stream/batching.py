@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+
+from ser_lightning.types import Batch, BatchTransform
 
 log = logging.getLogger(__name__)
 
@@ -153,15 +155,8 @@ def expected_batch_size(
     return len(sizes) / sum(1.0 / b for b in sizes)
 
 
-def padding_fraction(lengths: Sequence[int]) -> float:
-    """Share of a padded batch that is padding: ``1 - sum(lengths) / (len(lengths) x max(lengths))``."""
-    if not lengths:
-        return 0.0
-    return 1.0 - float(sum(lengths)) / (len(lengths) * max(lengths))
-
-
 class Collate:
-    """Turn a list of decoded samples into the batch dict the models read.
+    """Turn a list of decoded samples into the batch the models read (:class:`ser_lightning.types.Batch`).
 
     Keys: ``audio`` (B, T) float32 zero-padded, ``audio_mask`` (B, T) long with 1 on valid samples,
     ``targets`` (B, C) float32 distributions of the label source, ``votes`` (B, C) float32 vote counts
@@ -188,14 +183,14 @@ class Collate:
         label_source: str = "primary",
         tokenizer: Any | None = None,
         max_text_length: int = 64,
-        batch_transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        batch_transform: BatchTransform | None = None,
     ) -> None:
         self.label_source = label_source
         self.tokenizer = tokenizer
         self.max_text_length = max_text_length
         self.batch_transform = batch_transform
 
-    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    def __call__(self, samples: Sequence[dict[str, Any]]) -> Batch:
         """Collate ``samples`` (decoded dicts with ``id``, ``audio``, ``meta``, ``target``) into a batch dict."""
         if not samples:
             raise ValueError("cannot collate an empty list of samples")
@@ -205,7 +200,7 @@ class Collate:
         for row, (sample, n) in enumerate(zip(samples, lengths, strict=True)):
             audio[row, :n] = torch.as_tensor(np.asarray(sample["audio"], dtype=np.float32))
             mask[row, :n] = 1
-        batch: dict[str, Any] = {
+        batch: Batch = {
             "audio": audio,
             "audio_mask": mask,
             "vad": torch.from_numpy(np.stack([_vad(s["meta"]) for s in samples])),

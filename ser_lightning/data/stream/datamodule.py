@@ -1,7 +1,9 @@
 """``SERDataModule``: WebDataset shards (docs/shard-format.md) -> batches of audio, rater distributions and text.
 
 The data side never imports a model: the model's sample rate and text tokenizer come in through the
-arguments or :meth:`SERDataModule.connect` (litgpt ``litgpt/data/base.py``).
+arguments or :meth:`SERDataModule.connect` (litgpt ``litgpt/data/base.py``), and what the model needs of the data
+goes out as :meth:`SERDataModule.facts` (``ser_lightning.types.DataFacts``), which the CLI hands to the model. Which
+shards and how many samples each stage streams is :class:`~ser_lightning.data.stream.stages.StageSets`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ import dataclasses
 import logging
 import math
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +19,13 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from ser_lightning.data.shards.card import (
-    CARD_NAME,
-    check_label_rule,
-    iter_shard_meta,
-    label_source_stats,
-    read_card,
-    read_durations,
-    verify_shards,
-)
-from ser_lightning.data.shards.writer import sample_key
-from ser_lightning.data.stream.assigned import AssignedStreamConfig, read_assignment, scan_assignment
+from ser_lightning.data.shards.card import read_durations
+from ser_lightning.data.stream.assigned import AssignedStreamConfig
 from ser_lightning.data.stream.batching import Collate, expected_batch_size
 from ser_lightning.data.stream.loader import EpochDataLoader
 from ser_lightning.data.stream.pipeline import AugmentStage, EvalStream, StreamConfig, TrainStream, rank_world
+from ser_lightning.data.stream.stages import StageSets
+from ser_lightning.types import BatchTransform, DataFacts, EvalExpectation
 
 log = logging.getLogger(__name__)
 
@@ -143,21 +137,15 @@ class SERDataModule(L.LightningDataModule):
         self.augment = augment
         self.allow_partial_eval = allow_partial_eval
         self.tokenizer: Any | None = None
-        self.batch_transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None
-        self._card: dict[str, Any] | None = None
-        self._label_stats: dict[str, Any] | None = None
+        self.batch_transform: BatchTransform | None = None
         self.split_assignment = split_assignment
-        self._assigned: dict[str, Any] | None = None
+        self.stages = StageSets(self.shards, label_source, self.splits, split_assignment)
 
-    # ---------------------------------------------------------------- card
+    # ---------------------------------------------------------------- card facts
     @property
     def card(self) -> dict[str, Any]:
         """The shard directory's ``card.json``, read once, checked to list ``label_source`` (and ``merged``'s rule)."""
-        if self._card is None:
-            card = read_card(self.shards, self.label_source)
-            check_label_rule(card, self.label_source, self.shards / CARD_NAME)  # an old-rule merged: re-run ser-prepare
-            self._card = card
-        return self._card
+        return self.stages.card
 
     @property
     def classes(self) -> list[str]:
@@ -172,132 +160,79 @@ class SERDataModule(L.LightningDataModule):
     @property
     def bin_edges(self) -> list[float] | None:
         """Inner tertile edges (nats) of the label source's stored entropies over the train split, or ``None``."""
-        stats = self.label_stats()
-        edges = None if stats is None else stats["tertile_edges"]
+        edges = self._label_stat("tertile_edges")
         return None if edges is None else [float(e) for e in edges]
 
     @property
     def class_counts(self) -> list[float] | None:
         """Train samples per plurality class of the label source (ties toward the first class), for CB-CE."""
-        stats = self.label_stats()
-        counts = None if stats is None else stats["class_counts"]
+        counts = self._label_stat("class_counts")
         return None if counts is None else [float(c) for c in counts]
 
     @property
     def train_mean_distribution(self) -> list[float] | None:
         """Mean target distribution of the label source over the train split (the train-mean reference predictor)."""
-        stats = self.label_stats()
-        mean = None if stats is None else stats.get("mean_distribution")
+        mean = self._label_stat("mean_distribution")
         return None if mean is None else [float(p) for p in mean]
 
-    def label_stats(self) -> dict[str, Any] | None:
-        """``tertile_edges``, ``class_counts``, ``mean_distribution`` of the label source over the training set.
+    def _label_stat(self, key: str) -> Any:
+        stats = self.stages.label_stats()
+        return None if stats is None else stats.get(key)
 
-        ``None``: no train split. Read from the card's ``label_sources``; a card written before it (or its
-        ``mean_distribution``) existed costs one scan of the train split's sample JSON (logged), as will a
-        training set that is not a whole split.
-        """
-        if self._label_stats is None and self.split_assignment is not None:
-            self._label_stats = self.assigned()["stats"]
-        if self._label_stats is None:
-            stats = self.card.get("label_sources", {}).get(self.label_source)
-            if stats is None or "mean_distribution" not in stats:
-                if not self.card.get("shards", {}).get("train"):
-                    return None
-                log.info("%s: the card lacks label_sources; scanning the train split's sample JSON once", self.shards)
-                meta = iter_shard_meta(self.shards, "train", sources=[self.label_source])
-                stats = label_source_stats(meta, [self.label_source], self.num_classes)[self.label_source]
-            self._label_stats = stats
-        return self._label_stats
+    def label_stats(self) -> dict[str, Any] | None:
+        """The label source's training-set statistics (see :meth:`StageSets.label_stats`)."""
+        return self.stages.label_stats()
 
     def shard_paths(self, split: str) -> list[str]:
         """Paths of the split's shards in card order."""
-        names = self.card.get("shards", {}).get(split)
-        if not names:
-            known = ", ".join(sorted(self.card.get("shards", {}))) or "none"
-            raise ValueError(f"split {split!r} has no shards in {self.shards / 'card.json'} (splits: {known})")
-        return [str(self.shards / name) for name in names]
+        return self.stages.shard_paths(split)
 
     def num_samples(self, split: str) -> int:
         """Number of samples of ``split`` according to the card."""
-        return int(self.card.get("num_samples", {}).get(split, 0))
+        return self.stages.num_samples(split)
 
     def null_samples(self, split: str) -> int:
         """Samples of ``split`` whose label source is null (the card's ``null_labels``): the streams skip them."""
-        return int(self.card.get("null_labels", {}).get(self.label_source, {}).get(split, 0))
+        return self.stages.null_samples(split)
 
-    def eval_expectation(self, stage: str) -> dict[str, Any]:
-        """What an evaluation pass (``stage``: ``val``/``test``) must account for, read by the model at epoch end.
-
-        ``split``, ``expected`` (the card's sample count), ``allow_partial`` and ``train_mean`` (for the
-        train-mean reference predictor, or ``None``).
-        """
-        return {
-            "split": self._split_name(stage),
-            "expected": self._count(stage),
-            "allow_partial": bool(self.allow_partial_eval),
-            "train_mean": self.train_mean_distribution,
-        }
+    def eval_expectation(self, stage: str) -> EvalExpectation:
+        """What an evaluation pass (``stage``: ``val``/``test``) must account for: split, expected count, train mean."""
+        return self.stages.expectation(stage, self.allow_partial_eval)
 
     def damaged_shards(self, split: str) -> list[str]:
-        """One message per damaged shard of ``split`` (see :func:`~ser_lightning.data.shards.card.verify_shards`).
+        """One message per damaged shard of ``split`` (see :meth:`StageSets.damaged_shards`)."""
+        return self.stages.damaged_shards(split)
 
-        An assigned set (``split_assignment``) is read from every split's shards: all of them are checked.
-        """
-        if self.split_assignment is not None and split not in self.card.get("shards", {}):
-            return [m for s in self.card["shards"] for m in verify_shards(self.shards, s, self.card)]
-        return verify_shards(self.shards, split, self.card)
-
-    # ---------------------------------------------------------------- split assignment
     def assigned(self) -> dict[str, Any]:
-        """:func:`~ser_lightning.data.stream.assigned.scan_assignment` of ``split_assignment`` over every shard.
+        """The one scan of ``split_assignment`` over every shard (see :meth:`StageSets.assigned`)."""
+        return self.stages.assigned()
 
-        One scan of the samples' JSON (read once): counts per assigned set, samples left out, bin edges, class
-        counts and the train mean of the assigned training samples.
+    def facts(self) -> DataFacts:
+        """Everything a model receives from this DataModule (the CLI hands it over with ``model.connect_data``).
+
+        Call after :meth:`connect`: the sample rate and tokenizer are the model's by then.
         """
-        if self._assigned is None:
-            if self.split_assignment is None:
-                raise ValueError("no split_assignment given")
-            metas = iter_shard_meta(self.shards, sources=[self.label_source])
-            scan = scan_assignment(metas, read_assignment(self.split_assignment), self.label_source, self.num_classes)
-            if not scan["counts"]["train"]:
-                raise ValueError(f"{self.split_assignment}: no sample of {self.shards} is assigned to train")
-            log.info("split_assignment %s: %s; %d samples of %s not in it are left out",
-                     self.split_assignment, scan["counts"], scan["left_out"], self.shards)  # fmt: skip
-            if scan["missing"]:
-                log.warning("split_assignment %s: %d assigned ids are in no shard of %s (e.g. %r)",
-                            self.split_assignment, scan["missing"], self.shards, scan["missing_example"])  # fmt: skip
-            self._assigned = scan
-        return self._assigned
-
-    def _assigned_set(self, stage: str) -> str:
-        return "test" if stage == "predict" else stage
-
-    def _split_name(self, stage: str) -> str:
-        """The card split a stage streams, or ``assigned <set>`` under ``split_assignment``."""
-        if self.split_assignment is not None:
-            return f"assigned {self._assigned_set(stage)}"
-        return "train" if stage == "train" else self.splits[stage]
-
-    def _urls(self, stage: str) -> list[str]:
-        """Shards a stage reads: its split's, or under ``split_assignment`` every split's (filtered by id)."""
-        if self.split_assignment is None:
-            return self.shard_paths(self._split_name(stage))
-        return [path for split in self.card.get("shards", {}) for path in self.shard_paths(split)]
-
-    def _count(self, stage: str, null: bool = False) -> int:
-        """Samples a stage streams (its card split or assigned set); ``null``: those whose label source is null."""
-        if self.split_assignment is None:
-            split = self._split_name(stage)
-            return self.null_samples(split) if null else self.num_samples(split)
-        return int(self.assigned()["null" if null else "counts"][self._assigned_set(stage)])
+        return DataFacts(
+            num_classes=self.num_classes,
+            classes=self.classes,
+            bin_edges=self.bin_edges,
+            class_counts=self.class_counts,
+            crop_seconds=self.crop_seconds,
+            max_text_length=self.max_text_length,
+            text_tokenizer=self.text_tokenizer,
+            label_source=self.label_source,
+            sample_rate=self.sample_rate,
+            max_batch_size=self.max_batch_size,
+            expectations={stage: self.eval_expectation(stage) for stage in ("val", "test")},
+            damaged_shards=self.damaged_shards,
+        )
 
     # ---------------------------------------------------------------- model pieces
     def connect(
         self,
         sample_rate: int | None = None,
         tokenizer: Any | None = None,
-        batch_transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        batch_transform: BatchTransform | None = None,
     ) -> None:
         """Take the model's sample rate, text tokenizer (an object, or a hub id / local path) and batch transform.
 
@@ -319,12 +254,13 @@ class SERDataModule(L.LightningDataModule):
         """Check the card against the configuration (reading it checks the label source) and load the tokenizer."""
         needed = {"fit": "train", "validate": "val", "test": "test", "predict": "predict"}.get(stage or "")
         if needed is not None:  # the stage's split (or the assigned set) exists; log its null-label samples
-            self._urls(needed)
-            null = self._count(needed, null=True)
+            self.stages.urls(needed)
+            null = self.stages.count(needed, null=True)
             if null:
                 log.info(
                     "label source %r is null in %d of the %d %r samples: they are skipped (in evaluation, counted "
-                    "as skipped with a reason)", self.label_source, null, self._count(needed), self._split_name(needed),
+                    "as skipped with a reason)", self.label_source, null, self.stages.count(needed),
+                    self.stages.split_name(needed),
                 )  # fmt: skip
         if self.tokenizer is None and self.text_tokenizer is not None:
             from transformers import AutoTokenizer
@@ -338,16 +274,16 @@ class SERDataModule(L.LightningDataModule):
         """Training batches per rank per epoch (see the class docstring for the rule)."""
         if self.train_batches_per_epoch is not None:
             return self.train_batches_per_epoch
-        durations = read_durations(self._urls("train")[0], DURATION_PEEK)
+        durations = read_durations(self.stages.urls("train")[0], DURATION_PEEK)
         size = expected_batch_size(durations, self.max_batch_seconds, self.max_batch_size, self.crop_seconds)
         synthetic = 0 if self.augment is None else int(self.augment.total)  # DiME-Aug adds these per epoch
-        labelled = self._count("train") - self._count("train", null=True)  # null-label samples are skipped
+        labelled = self.stages.count("train") - self.stages.count("train", null=True)  # null-label samples are skipped
         return max(1, math.ceil((labelled + synthetic) / (world_size * size)))
 
     def train_dataloader(self) -> DataLoader:
         """Endless shuffled stream cut to the same number of batches on every rank."""
         rank, world_size = self._rank_world()
-        if self._count("train") and self._count("train", null=True) >= self._count("train"):
+        if self.stages.count("train") and self.stages.count("train", null=True) >= self.stages.count("train"):
             raise ValueError(f"label source {self.label_source!r} is null in every train sample of {self.shards}")
         if self.augment is not None and self.augment.label_source != self.label_source:
             raise ValueError(
@@ -355,7 +291,7 @@ class SERDataModule(L.LightningDataModule):
                 f"label_source {self.label_source!r}; rebuild the index with ser-index --label-source"
             )
         dataset = TrainStream(
-            self._urls("train"),
+            self.stages.urls("train"),
             self.train_batches(world_size),
             self._stream_config("train"),
             rank=rank,
@@ -381,7 +317,7 @@ class SERDataModule(L.LightningDataModule):
 
     def _eval_loader(self, stage: str) -> DataLoader:
         rank, world_size = self._rank_world()
-        dataset = EvalStream(self._urls(stage), self._stream_config(stage), rank=rank, world_size=world_size)
+        dataset = EvalStream(self.stages.urls(stage), self._stream_config(stage), rank=rank, world_size=world_size)
         return DataLoader(dataset, **self._loader_kwargs())
 
     def _stream_config(self, stage: str | None = None) -> StreamConfig:
@@ -399,10 +335,8 @@ class SERDataModule(L.LightningDataModule):
         )
         if self.split_assignment is None or stage is None:
             return config
-        keep = frozenset(sample_key(i) for i, s in read_assignment(self.split_assignment).items()
-                         if s == self._assigned_set(stage))  # fmt: skip
         fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-        return AssignedStreamConfig(**fields, keep=keep)
+        return AssignedStreamConfig(**fields, keep=self.stages.assigned_keys(stage))
 
     def _loader_kwargs(self) -> dict[str, Any]:
         return {"batch_size": None, "num_workers": self.num_workers, "pin_memory": torch.cuda.is_available()}

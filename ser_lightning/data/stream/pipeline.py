@@ -36,13 +36,7 @@ import webdataset as wds
 from torch.utils.data import IterableDataset
 
 from ser_lightning.data.stream.batching import Collate, dynamic_batches
-
-# the per-sample steps live in .sample; importable from here as before
 from ser_lightning.data.stream.sample import Sample, decode_sample, transform_stage
-from ser_lightning.data.stream.sample import crop as crop
-from ser_lightning.data.stream.sample import resample as resample
-from ser_lightning.data.stream.skips import NullLabelError as NullLabelError
-from ser_lightning.data.stream.skips import SampleDecodeError as SampleDecodeError
 from ser_lightning.data.stream.skips import SkipCounter
 
 log = logging.getLogger(__name__)

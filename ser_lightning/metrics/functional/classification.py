@@ -12,9 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ser_lightning.metrics.functional.probability import dominant_class
-
-__all__ = ["classification_scores", "confusion_matrix", "dominant_class", "f1_per_class"]
+__all__ = ["classification_scores", "confusion_matrix", "f1_per_class"]
 
 
 def confusion_matrix(pred_labels: Tensor, target_labels: Tensor, num_classes: int) -> Tensor:

@@ -29,10 +29,10 @@ def _check(preds: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     return preds / preds.sum(-1, keepdim=True).clamp_min(_EPS), target / target.sum(-1, keepdim=True).clamp_min(_EPS)
 
 
-def js_divergence_per_item(preds: Tensor, target: Tensor) -> Tensor:
+def js_divergence_bits_per_item(preds: Tensor, target: Tensor) -> Tensor:
     """Jensen-Shannon divergence in bits, in [0, 1]: ½ KL(p‖m) + ½ KL(q‖m), m = ½(p + q)."""
     p, q = _check(preds, target)
-    return probability.js_divergence(p, q, base=2.0)
+    return probability.js_divergence_per_item(p, q, base=2.0)
 
 
 def bhattacharyya_coefficient_per_item(preds: Tensor, target: Tensor) -> Tensor:
@@ -56,15 +56,15 @@ def r2_per_item(preds: Tensor, target: Tensor) -> Tensor:
     return torch.where(var.isnan(), var, r2)  # NaN rows (see _check) are not "constant"
 
 
-def kl_divergence_per_item(preds: Tensor, target: Tensor) -> Tensor:
+def kl_divergence_nats_per_item(preds: Tensor, target: Tensor) -> Tensor:
     """KL(target ‖ pred) in nats; predicted zeros are floored at 1e-10 so the result stays finite."""
     p, q = _check(preds, target)
-    return probability.kl_divergence(q, p.clamp_min(_EPS).log())
+    return probability.kl_divergence_per_item(q, p.clamp_min(_EPS).log())
 
 
-def js_divergence(preds: Tensor, target: Tensor) -> Tensor:
+def js_divergence_bits(preds: Tensor, target: Tensor) -> Tensor:
     """Mean JS divergence (bits) over utterances."""
-    return js_divergence_per_item(preds, target).mean()
+    return js_divergence_bits_per_item(preds, target).mean()
 
 
 def bhattacharyya_coefficient(preds: Tensor, target: Tensor) -> Tensor:
@@ -72,14 +72,14 @@ def bhattacharyya_coefficient(preds: Tensor, target: Tensor) -> Tensor:
     return bhattacharyya_coefficient_per_item(preds, target).mean()
 
 
-def kl_divergence(preds: Tensor, target: Tensor) -> Tensor:
+def kl_divergence_nats(preds: Tensor, target: Tensor) -> Tensor:
     """Mean KL(target ‖ pred) in nats over utterances."""
-    return kl_divergence_per_item(preds, target).mean()
+    return kl_divergence_nats_per_item(preds, target).mean()
 
 
 DISTRIBUTION_METRICS = {
-    "js": js_divergence_per_item,
+    "js": js_divergence_bits_per_item,
     "bc": bhattacharyya_coefficient_per_item,
     "r2": r2_per_item,
-    "kl": kl_divergence_per_item,
+    "kl": kl_divergence_nats_per_item,
 }

@@ -35,7 +35,7 @@ def entropy(p: Tensor, base: float = math.e) -> Tensor:
     return -(p * _masked_log(keep, p)).sum(-1) / math.log(base)
 
 
-def kl_divergence(p: Tensor, log_q: Tensor, base: float = math.e) -> Tensor:
+def kl_divergence_per_item(p: Tensor, log_q: Tensor, base: float = math.e) -> Tensor:
     """KL(p ‖ q) = Σ p (log p - log q) per row from q's log-probabilities (e.g. a log_softmax), ``(..., C) -> (...)``.
 
     Rounding can leave it a hair below 0 when p ≈ q; it is clamped at 0 (where its gradient is 0 anyway).
@@ -43,7 +43,7 @@ def kl_divergence(p: Tensor, log_q: Tensor, base: float = math.e) -> Tensor:
     return (_sum_p_log_ratio(p, log_q) / math.log(base)).clamp_min(0.0)
 
 
-def js_divergence(p: Tensor, q: Tensor, base: float = math.e) -> Tensor:
+def js_divergence_per_item(p: Tensor, q: Tensor, base: float = math.e) -> Tensor:
     """Jensen-Shannon divergence ½KL(p‖m) + ½KL(q‖m), m = ½(p + q), per row, ``(..., C) -> (...)``.
 
     Symmetric, finite for zeros and in [0, log 2 / log base]: ``base`` 2 gives the metrics' bits in [0, 1],

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ser_lightning.alm import dirichlet_mixture_mean, score_weights, select_best, weighted_mean
+from ser_lightning.alm import candidate_mixture, dirichlet_mixture_mean, score_weights, select_best
 
 # B = 3 candidates over C = 3 classes, log-likelihoods alpha = [-1, -2, -4].
 P = [[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]]
@@ -124,14 +124,14 @@ def test_weighted_mean_hand_computation_and_nan_rows() -> None:
     probs = _t([P, P])
     probs[0, 2] = float("nan")  # weight 0: must not leak
     weights = _t([[0.25, 0.75, 0.0], [float("nan")] * 3])
-    out = weighted_mean(probs, weights)
+    out = candidate_mixture(probs, weights)
     torch.testing.assert_close(out[0], _t([0.25 * 0.7 + 0.75 * 0.1, 0.25 * 0.2 + 0.75 * 0.8, 0.1]))
     assert torch.isnan(out[1]).all()
 
 
 def test_verifier_weighting_end_to_end() -> None:
     w = score_weights(_t([[0.8, 0.4, 0.0]]))
-    out = weighted_mean(_t([P]), w)
+    out = candidate_mixture(_t([P]), w)
     torch.testing.assert_close(out, _t([[0.5, 0.4, 0.1]]))  # (0.8 * p0 + 0.4 * p1) / 1.2
 
 

@@ -10,7 +10,7 @@ from transformers import GenerationConfig, Qwen2AudioProcessor, WhisperFeatureEx
 
 from ser_lightning.alm.generation import Candidates, generate_candidates, next_token_distribution
 from ser_lightning.alm.prompts import annotation_conversation
-from ser_lightning.nn.qwen2_audio_random import TINY_QWEN2_AUDIO_CONFIG, random_qwen2_audio
+from ser_lightning.nn.qwen2_audio.offline import TINY_QWEN2_AUDIO_CONFIG, random_qwen2_audio
 
 CLASSES = ("Anger", "Happiness", "Neutral", "Sadness")
 EOS, ENDOFTEXT = 3, 1  # <|im_end|>, <|endoftext|> in the offline vocabulary (128 tokens)

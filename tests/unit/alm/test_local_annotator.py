@@ -13,9 +13,9 @@ from scipy import stats
 from transformers import Qwen2AudioProcessor, WhisperFeatureExtractor
 
 from ser_lightning.alm.annotator import AnnotationRequest, AnnotatorBackend, make_backend
-from ser_lightning.alm.local import Qwen2AudioAnnotator, SeededSampler, class_first_tokens, request_seed
 from ser_lightning.alm.prompts import clip_at_rate
-from ser_lightning.nn.qwen2_audio_random import TINY_QWEN2_AUDIO_CONFIG, random_qwen2_audio
+from ser_lightning.alm.qwen2_audio_annotator import Qwen2AudioAnnotator, SeededSampler, class_first_tokens, request_seed
+from ser_lightning.nn.qwen2_audio.offline import TINY_QWEN2_AUDIO_CONFIG, random_qwen2_audio
 
 # Single tokens of the offline word-level vocabulary (its normaliser lowercases).
 CLASSES = ("Anger", "Happiness", "Neutral", "Sadness")

@@ -12,7 +12,7 @@ import pytest
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import entropy as scipy_entropy
 
-from ser_lightning.alm.report import main
+from ser_lightning.cli.report import main
 
 # C = 4 targets and their Fig.-3 bin of H / log 4, by hand: 0 -> 1; 0.361, 0.234 -> 2; 0.686 -> 4; 0.923, 1.0 -> 5
 TARGETS = [

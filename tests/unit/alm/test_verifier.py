@@ -24,7 +24,7 @@ from ser_lightning.alm.verifier import (
     VerifyRequest,
     make_verifier,
 )
-from ser_lightning.nn.qwen2_audio_random import TINY_QWEN2_AUDIO_CONFIG, random_qwen2_audio
+from ser_lightning.nn.qwen2_audio.offline import TINY_QWEN2_AUDIO_CONFIG, random_qwen2_audio
 
 EOS = 3  # <|im_end|> in the offline vocabulary
 FAST = {"attempts": 2, "initial_delay": 0.01, "max_delay": 0.05, "jitter": 0.0, "timeout": 2.0}

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ser_lightning.corpora.manifest import read_manifest
-from ser_lightning.labels import fleiss_kappa, get_class_set, merge_votes, plurality, votes_to_distribution
+from ser_lightning.labels import fleiss_kappa, get_class_set, plurality, votes_to_distribution
 
 SETTINGS = settings(max_examples=40, deadline=None)
 CLASSES = ("Angry", "Happy", "Sad", "Neutral")
@@ -60,19 +60,6 @@ def test_distribution_of_no_votes_or_negative_votes_raises(c: int) -> None:
         votes_to_distribution([0] * c)
     with pytest.raises(ValueError, match="non-negative"):
         votes_to_distribution([1] * (c - 1) + [-1])
-
-
-@SETTINGS
-@given(
-    pair=st.integers(2, 9).flatmap(lambda c: st.tuples(_counts(c, min_total=0), _counts(c, min_total=0))),
-    weight=st.floats(0, 5),
-)
-def test_merge_votes_adds_weighted_secondary(pair: tuple[list[int], list[int]], weight: float) -> None:
-    primary, secondary = pair
-    merged = merge_votes(primary, secondary, weight)
-    assert merged.tolist() == pytest.approx([p + weight * s for p, s in zip(primary, secondary, strict=True)])
-    np.testing.assert_array_equal(merge_votes(primary, secondary, 0.0), np.asarray(primary, dtype=float))
-    assert np.all(merged >= np.asarray(primary))  # secondary votes only add
 
 
 @SETTINGS

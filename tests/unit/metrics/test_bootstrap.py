@@ -23,7 +23,7 @@ from ser_lightning.metrics.bootstrap import (
     percentile_interval,
     resample_indices,
 )
-from ser_lightning.models.test_predictions import ScoredPredictions
+from ser_lightning.runs.metrics_json import bootstrap_entries
 
 
 def _data(n: int, c: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,16 +134,15 @@ def test_per_bin_intervals_resample_each_bins_utterances_binned_as_the_metrics()
             lo, hi = bootstrap_intervals(preds[sel], target[sel], 400, seed=1)["js"]
             assert lo - 1e-6 <= float(want[f"{name}/js"]) <= hi + 1e-6, name
 
-    scored = ScoredPredictions()
-    scored.gathered = [
+    records = [
         {"id": f"u{i}", "target": t.tolist(), "target_entropy": float(h), "probabilities": p.tolist()}
         for i, (p, t, h) in enumerate(zip(preds, target, ent, strict=True))
     ]
-    found = scored.intervals(400, seed=1, bin_edges=edges)
+    found = bootstrap_entries(records, 400, seed=1, bin_edges=edges)
     assert found["test/js_ci95"] == pytest.approx(list(bootstrap_intervals(preds, target, 400, seed=1)["js"]))
     sel = groups["bin2"]
     assert found["test/bin2/f1_ci95"] == pytest.approx(list(bootstrap_intervals(preds[sel], target[sel], 400, 1)["f1"]))
     assert {k for k in found if k.startswith("test/wbin")} <= {
         f"test/wbin{b}/{m}_ci95" for b in (1, 2, 3) for m in CI_METRICS
     }
-    assert ScoredPredictions().intervals(400) == {}
+    assert bootstrap_entries([], 400) == {}

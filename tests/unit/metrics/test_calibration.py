@@ -11,7 +11,8 @@ from scipy.spatial.distance import jensenshannon
 from scipy.stats import entropy as scipy_entropy
 
 from ser_lightning.metrics.calibration import expected_calibration_error, reliability_bins, selective_scores
-from ser_lightning.models.calibration import FIGURE_NAME, calibration_report
+from ser_lightning.runs.metrics_json import calibration_entries
+from ser_lightning.runs.names import RELIABILITY_FIGURE
 
 
 def _data(n: int = 300, c: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -92,9 +93,9 @@ def test_report_writes_the_entries_the_png_and_the_tensorboard_figure(tmp_path):
             self.tags.append(tag)
 
     writer = Writer()
-    out = calibration_report(records, tmp_path, writer)
+    out = calibration_entries(records, tmp_path, writer)
     assert out["test/ece"] == pytest.approx(_ece_numpy(p.astype(np.float32), q.astype(np.float32)), abs=1e-6)
     assert {f"test/coverage{k}/{m}" for k in range(10, 101, 10) for m in ("acc", "js")} <= set(out)
-    assert (tmp_path / FIGURE_NAME).stat().st_size > 0
+    assert (tmp_path / RELIABILITY_FIGURE).stat().st_size > 0
     assert writer.tags == ["test/reliability"]
-    assert calibration_report([], tmp_path) == {}
+    assert calibration_entries([], tmp_path) == {}

@@ -8,7 +8,7 @@ from scipy.stats import entropy as scipy_entropy
 from sklearn.metrics import accuracy_score, f1_score
 
 from ser_lightning.corpora.crema_d import read_tabulated_votes
-from ser_lightning.metrics import AmbiguityBinnedMetrics, DominantClassScores
+from ser_lightning.metrics import AmbiguityBinnedMetrics
 from ser_lightning.metrics import functional as F
 
 
@@ -33,10 +33,10 @@ def test_dominant_class_scores_match_sklearn_with_absent_class():
     preds[:, 4] = 0.0  # class 4 never predicted
     target = np.concatenate([target[:, :4], np.zeros((300, 1))], 1) + 0.0
     target[target.sum(1) == 0, 0] = 1.0
-    metric = DominantClassScores(num_classes=6)  # class 5 never occurs at all
+    metric = AmbiguityBinnedMetrics(num_classes=6)  # class 5 never occurs at all
     p6 = np.concatenate([preds, np.zeros((300, 1))], 1)
     t6 = np.concatenate([target, np.zeros((300, 1))], 1)
-    metric.update(torch.tensor(p6), torch.tensor(t6))
+    metric.update(torch.tensor(p6), torch.tensor(t6), torch.zeros(300, dtype=torch.float64))
     got = metric.compute()
     true_labels = _first_max(t6)
     want = _sk_scores(p6.argmax(1), true_labels, 6)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from ser_lightning.metrics import AmbiguityBinnedMetrics, DistributionR2, DominantClassScores
+from ser_lightning.metrics import AmbiguityBinnedMetrics
 from ser_lightning.metrics import functional as F
 
 PREDS = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6], [0.6, 0.3, 0.1], [0.3, 0.3, 0.4]])
@@ -26,7 +26,9 @@ def test_every_per_item_score_of_a_nonfinite_row_is_nan(bad):
         scores = fn(preds, TARGET)
         assert math.isnan(scores[1].item()), name
         assert torch.isfinite(scores[[0, 2, 3, 4]]).all(), name
-    assert math.isnan(DistributionR2()(preds, TARGET).item())
+    metric = AmbiguityBinnedMetrics(num_classes=3)
+    metric.update(preds, TARGET, ENTROPY)
+    assert math.isnan(metric.compute()["r2"].item())
 
 
 def test_binned_metrics_report_nan_and_count_for_nonfinite_rows():
@@ -55,14 +57,15 @@ def test_binned_metrics_without_nonfinite_rows_count_zero():
     assert out["acc"].item() == pytest.approx(accuracy_score([0, 1, 1, 1, 2], [0, 1, 2, 0, 2]))
 
 
-def test_dominant_class_scores_are_nan_after_a_nonfinite_row():
+def test_classification_scores_are_nan_after_a_nonfinite_row():
     preds = PREDS.clone()
     preds[0] = float("nan")
-    metric = DominantClassScores(num_classes=3)
-    metric.update(preds, TARGET)
-    assert all(math.isnan(v.item()) for v in metric.compute().values())
-    assert metric.nonfinite.item() == 1
-    assert metric.confmat.sum().item() == 4
-    clean = DominantClassScores(num_classes=3)
-    clean.update(PREDS, TARGET)
+    metric = AmbiguityBinnedMetrics(num_classes=3)
+    metric.update(preds, TARGET, ENTROPY)
+    out = metric.compute()
+    assert all(math.isnan(out[k].item()) for k in ("acc", "f1", "wf1", "uar"))
+    assert out["nonfinite"].item() == 1
+    assert metric.confusion().sum().item() == 4
+    clean = AmbiguityBinnedMetrics(num_classes=3)
+    clean.update(PREDS, TARGET, ENTROPY)
     assert clean.compute()["acc"].item() == pytest.approx(0.6)

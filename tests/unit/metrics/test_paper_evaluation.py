@@ -11,7 +11,7 @@ from scipy.spatial.distance import jensenshannon
 from scipy.stats import entropy as scipy_entropy
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
-from ser_lightning.metrics import WIDTH_EDGES, AmbiguityBinnedMetrics, DominantClassScores, width_bins
+from ser_lightning.metrics import WIDTH_EDGES, AmbiguityBinnedMetrics, width_bins
 from ser_lightning.metrics import functional as F
 
 CLASSES = ["Angry", "Sad", "Happy", "Neutral", "Other"]
@@ -135,10 +135,10 @@ def test_nonfinite_row_makes_uar_and_per_class_f1_nan():
         assert math.isnan(out[key].item()), key
 
 
-def test_dominant_class_scores_report_uar():
+def test_classification_scores_report_uar():
     preds, target, _ = _data(200, 4, 9)
-    metric = DominantClassScores(num_classes=4)
-    metric.update(torch.tensor(preds), torch.tensor(target))
+    metric = AmbiguityBinnedMetrics(num_classes=4)
+    metric.update(torch.tensor(preds), torch.tensor(target), torch.zeros(len(preds), dtype=torch.float64))
     want = balanced_accuracy_score(_first_max(target), _first_max(preds))
     assert metric.compute()["uar"].item() == pytest.approx(want, abs=1e-6)
     confmat = torch.tensor([[2, 1], [0, 0]])  # class 1 has no support

@@ -10,7 +10,12 @@ from scipy.special import rel_entr
 from scipy.stats import entropy as scipy_entropy
 
 from ser_lightning.labels import plurality
-from ser_lightning.metrics.functional.probability import dominant_class, entropy, js_divergence, kl_divergence
+from ser_lightning.metrics.functional.probability import (
+    dominant_class,
+    entropy,
+    js_divergence_per_item,
+    kl_divergence_per_item,
+)
 
 
 def _pairs(n=64, c=5, seed=0):
@@ -27,37 +32,38 @@ def _pairs(n=64, c=5, seed=0):
 def test_js_matches_scipy(base, scipy_base):
     p, q = _pairs()
     want = np.array([jensenshannon(a, b, base=scipy_base) ** 2 for a, b in zip(p, q, strict=True)])
-    got = js_divergence(torch.tensor(p), torch.tensor(q), base=base).numpy()
+    got = js_divergence_per_item(torch.tensor(p), torch.tensor(q), base=base).numpy()
     np.testing.assert_allclose(got, want, atol=1e-12)
 
 
 def test_js_hand_numbers_and_bounds():
     one_hot = torch.eye(3, dtype=torch.float64)
     # disjoint supports: ½·1·log(1/½) twice over = log 2 nats = 1 bit
-    assert js_divergence(one_hot, one_hot.roll(1, 0)).tolist() == pytest.approx([math.log(2)] * 3)
-    assert js_divergence(one_hot, one_hot.roll(1, 0), base=2).tolist() == pytest.approx([1.0] * 3)
-    assert js_divergence(one_hot, one_hot).tolist() == [0.0, 0.0, 0.0]
+    assert js_divergence_per_item(one_hot, one_hot.roll(1, 0)).tolist() == pytest.approx([math.log(2)] * 3)
+    assert js_divergence_per_item(one_hot, one_hot.roll(1, 0), base=2).tolist() == pytest.approx([1.0] * 3)
+    assert js_divergence_per_item(one_hot, one_hot).tolist() == [0.0, 0.0, 0.0]
     # p = (1, 0), q = (½, ½): m = (¾, ¼); ½[log(4/3)] + ½[½ log(2/3) + ½ log 2]
     want = 0.5 * math.log(4 / 3) + 0.25 * (math.log(2 / 3) + math.log(2))
-    assert js_divergence(torch.tensor([1.0, 0.0]), torch.tensor([0.5, 0.5])).item() == pytest.approx(want, rel=1e-6)
+    got = js_divergence_per_item(torch.tensor([1.0, 0.0]), torch.tensor([0.5, 0.5])).item()
+    assert got == pytest.approx(want, rel=1e-6)
 
 
 def test_kl_and_entropy_match_scipy():
     p, q = _pairs()
     q_floor = np.maximum(q, 1e-300)
-    got = kl_divergence(torch.tensor(p), torch.tensor(np.log(q_floor))).numpy()
+    got = kl_divergence_per_item(torch.tensor(p), torch.tensor(np.log(q_floor))).numpy()
     np.testing.assert_allclose(got, rel_entr(p, q_floor).sum(1), rtol=1e-10)
     np.testing.assert_allclose(entropy(torch.tensor(q)).numpy(), scipy_entropy(q, axis=1), atol=1e-12)
     np.testing.assert_allclose(entropy(torch.tensor(q), base=2).numpy(), scipy_entropy(q, axis=1, base=2), atol=1e-12)
     assert entropy(torch.full((4,), 0.25)).item() == pytest.approx(math.log(4))
     # a zero target class reads nothing of log q, even -inf
-    assert kl_divergence(torch.tensor([1.0, 0.0]), torch.tensor([0.0, -math.inf])).item() == 0.0
+    assert kl_divergence_per_item(torch.tensor([1.0, 0.0]), torch.tensor([0.0, -math.inf])).item() == 0.0
 
 
 def test_broadcasting_over_leading_axes():
     p, q = _pairs(n=6)
     experts = torch.tensor(np.stack([p, q]))  # (M, B, C) against (1, B, C), as the AmbER² losses call it
-    got = js_divergence(experts, torch.tensor(q).unsqueeze(0))
+    got = js_divergence_per_item(experts, torch.tensor(q).unsqueeze(0))
     assert got.shape == (2, 6)
     np.testing.assert_allclose(got[1].numpy(), 0.0, atol=1e-15)
 
@@ -80,10 +86,10 @@ def test_gradients_finite_for_saturated_predictions_and_one_hot_targets(dtype):
     target = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=dtype)
     assert (logits.softmax(-1) == 0).any()  # the case of the bug
     for make_loss in (
-        lambda: js_divergence(target, logits.softmax(-1)).mean(),
-        lambda: js_divergence(logits.softmax(-1), target, base=2).mean(),
+        lambda: js_divergence_per_item(target, logits.softmax(-1)).mean(),
+        lambda: js_divergence_per_item(logits.softmax(-1), target, base=2).mean(),
         lambda: entropy(logits.softmax(-1)).mean(),
-        lambda: kl_divergence(target, logits.log_softmax(-1)).mean(),
+        lambda: kl_divergence_per_item(target, logits.log_softmax(-1)).mean(),
     ):
         loss = make_loss()
         (grad,) = torch.autograd.grad(loss, logits)
@@ -91,5 +97,5 @@ def test_gradients_finite_for_saturated_predictions_and_one_hot_targets(dtype):
         assert torch.isfinite(grad).all(), grad
     # both sides trainable, as the AmbER² MAI term without detached experts
     other = torch.tensor([[-200.0, 0.0, 0.0]] * 3, dtype=dtype, requires_grad=True)
-    grads = torch.autograd.grad(js_divergence(logits.softmax(-1), other.softmax(-1)).sum(), (logits, other))
+    grads = torch.autograd.grad(js_divergence_per_item(logits.softmax(-1), other.softmax(-1)).sum(), (logits, other))
     assert all(torch.isfinite(g).all() for g in grads)

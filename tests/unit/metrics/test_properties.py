@@ -129,11 +129,11 @@ def test_entropy_bounds_permutation_and_scipy(case):
 @given(pairs())
 def test_probability_js_and_kl_in_nats(case):
     _, _, p, q, _ = case
-    js = P.js_divergence(_t(p), _t(q)).numpy()
+    js = P.js_divergence_per_item(_t(p), _t(q)).numpy()
     assert np.all((js >= 0) & (js <= math.log(2) + 1e-12))
-    np.testing.assert_allclose(js, P.js_divergence(_t(q), _t(p)).numpy(), atol=1e-12)
+    np.testing.assert_allclose(js, P.js_divergence_per_item(_t(q), _t(p)).numpy(), atol=1e-12)
     q_pos = _norm(q + 1e-3)  # KL(p || q) is finite only where q > 0 wherever p > 0
-    kl = P.kl_divergence(_t(p), _t(q_pos).log()).numpy()
+    kl = P.kl_divergence_per_item(_t(p), _t(q_pos).log()).numpy()
     assert np.all(kl >= 0)
     np.testing.assert_allclose(kl, scipy_entropy(p, q_pos, axis=1), atol=1e-9)
 

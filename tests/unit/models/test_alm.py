@@ -14,7 +14,7 @@ import ser_lightning.models.alm as alm_module
 from ser_lightning.alm.generation import Candidates
 from ser_lightning.alm.verifier import VerifierScore
 from ser_lightning.models import ALMDistribution
-from ser_lightning.nn.qwen2_audio_random import TINY_QWEN2_AUDIO_CONFIG
+from ser_lightning.nn.qwen2_audio.offline import TINY_QWEN2_AUDIO_CONFIG
 
 CLASSES = ["Anger", "Happy", "Sad"]
 TEXTS = [

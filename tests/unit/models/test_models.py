@@ -160,7 +160,7 @@ def test_parameter_groups_split_encoders_from_the_rest():
 
 def test_importing_the_models_keeps_the_matplotlib_backend():
     code = (
-        "import matplotlib; matplotlib.use('svg'); import ser_lightning.models, ser_lightning.models.figures; "
+        "import matplotlib; matplotlib.use('svg'); import ser_lightning.models, ser_lightning.runs.figures; "
         "print(matplotlib.get_backend())"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -170,7 +170,7 @@ def test_importing_the_models_keeps_the_matplotlib_backend():
 def test_figures_render_without_pyplot():
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    from ser_lightning.models.figures import bin_bar_chart, confusion_figure
+    from ser_lightning.runs.figures import bin_bar_chart, confusion_figure
 
     values = {f"bin{b}/{k}": torch.tensor(0.5) for b in (1, 2) for k in ("js", "bc", "r2", "acc", "f1", "count")}
     for fig in (bin_bar_chart(values), confusion_figure(torch.eye(3, dtype=torch.long) * 4, ["a", "b", "c"])):
@@ -192,10 +192,10 @@ def test_eval_batches_tally_skips_and_score_the_reference_predictors_on_the_scor
         model.test_step({"ids": [], "skipped": [{"key": None, "shard": "s.tar", "reason": "ReadError"}]}, 1)
         assert model.predict_step({"ids": [], "skipped": []}, 0) == []
     tally = model._tally["test"]
-    assert (tally["batches"], tally["scored"], len(tally["skipped"])) == (2, 4, 2)
+    assert (tally.batches, tally.scored, len(tally.skipped)) == (2, 4, 2)
     targets = batch["targets"].double().numpy()
     uniform = sum(jensenshannon(np.full(4, 0.25), t, base=2) ** 2 for t in targets)
     train_mean = sum(jensenshannon(np.array(mean), t, base=2) ** 2 for t in targets)
-    assert tally["uniform_js"] == pytest.approx(uniform, abs=1e-12)
-    assert tally["train_mean_js"] == pytest.approx(train_mean, abs=1e-12)
+    assert tally.uniform_js == pytest.approx(uniform, abs=1e-12)
+    assert tally.train_mean_js == pytest.approx(train_mean, abs=1e-12)
     assert model.eval_metrics["test"].compute()["count"].item() == 4

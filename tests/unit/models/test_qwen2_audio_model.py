@@ -21,8 +21,25 @@ from ser_lightning.models import Qwen2AudioDistribution
 from ser_lightning.models.qwen2_audio import accumulation_steps
 from ser_lightning.nn import EmotionClassifierHead
 from ser_lightning.nn.qwen2_audio import load_lora, load_qwen2_audio, qwen2_audio_hidden_states
+from ser_lightning.types import DataFacts
 
 CLASSES = ["Anger", "Happiness", "Neutral", "Sadness"]
+
+
+def _facts(max_batch_size: int) -> DataFacts:
+    """The data facts of a 4-class DataModule with batches of ``max_batch_size``."""
+    return DataFacts(
+        num_classes=4,
+        classes=CLASSES,
+        bin_edges=None,
+        class_counts=None,
+        crop_seconds=None,
+        max_text_length=64,
+        text_tokenizer=None,
+        label_source="primary",
+        sample_rate=16000,
+        max_batch_size=max_batch_size,
+    )
 SECONDS, FREQS = (1.0, 2.6, 0.5), (220.0, 330.0, 500.0)
 TEXTS = ["i am so happy today", "", "leave me alone"]
 ATOL = 1e-5  # fp32 on CPU; trimmed encoder vs padded differs by summation order only (~1e-6)
@@ -208,9 +225,8 @@ def test_half_precision_weights_are_refused(tiny_qwen2_audio_dir: Path) -> None:
 def test_accumulation_reaches_the_effective_batch(world: int, per_device: int, expected: int) -> None:
     assert accumulation_steps(64, world, per_device) == expected
     model = Qwen2AudioDistribution("unused", classes=CLASSES)
-    trainer = SimpleNamespace(
-        world_size=world, datamodule=SimpleNamespace(max_batch_size=per_device), accumulate_grad_batches=1
-    )
+    model.connect_data(_facts(max_batch_size=per_device))  # the CLI hands over SERDataModule.facts()
+    trainer = SimpleNamespace(world_size=world, accumulate_grad_batches=1)
     model._trainer = trainer
     model.setup("fit")
     assert trainer.accumulate_grad_batches == expected

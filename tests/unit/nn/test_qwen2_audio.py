@@ -11,13 +11,8 @@ from qwen2_fixtures import RATE, tone, write_tiny_qwen2_audio
 
 from ser_lightning.alm import qwen2_audio_inputs
 from ser_lightning.nn import EmotionClassifierHead
-from ser_lightning.nn.qwen2_audio import (
-    apply_lora,
-    encode_audio,
-    load_lora,
-    load_qwen2_audio,
-    qwen2_audio_hidden_states,
-)
+from ser_lightning.nn.qwen2_audio import apply_lora, load_lora, load_qwen2_audio, qwen2_audio_hidden_states
+from ser_lightning.nn.qwen2_audio.forward import encode_audio
 
 CLASSES = ("Anger", "Happiness", "Neutral", "Sadness")
 # Trimmed vs padded encoder, fp32 on CPU: the two differ only by summation order (measured ~1e-6).

@@ -12,13 +12,8 @@ from qwen2_fixtures import RATE, tiny_qwen2_audio, tone
 
 from ser_lightning.alm import qwen2_audio_inputs
 from ser_lightning.nn.qwen2_audio import apply_lora, qwen2_audio_hidden_states
-from ser_lightning.nn.qwen2_audio_cache import (
-    EncoderCache,
-    encode_audio_cached,
-    encoder_fingerprint,
-    feature_settings,
-)
-from ser_lightning.nn.qwen2_audio_forward import encode_audio
+from ser_lightning.nn.qwen2_audio.cache import EncoderCache, encoder_fingerprint, feature_settings
+from ser_lightning.nn.qwen2_audio.forward import encode_audio
 
 CLASSES = ("Anger", "Happiness", "Neutral", "Sadness")
 IDS = ["Ses01F_a/001", "utt-2", "ütt 3"]
@@ -45,9 +40,7 @@ def _cache(tiny, root: Path) -> EncoderCache:
 
 def _encode(tiny, batch, cache, augmented=None):
     tower = tiny[0].model.audio_tower
-    return encode_audio_cached(
-        tower, batch["input_features"], batch["feature_attention_mask"], ids=IDS, cache=cache, augmented=augmented
-    )
+    return cache.encode(tower, batch["input_features"], batch["feature_attention_mask"], ids=IDS, augmented=augmented)
 
 
 def _entries(root: Path) -> list[Path]:
@@ -162,5 +155,5 @@ def test_bad_fingerprint_and_ids_are_refused(tiny, batch, tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="plain non-empty"):
         EncoderCache(tmp_path, "../x")
     with pytest.raises(ValueError, match="2 ids for a batch of 3"):
-        encode_audio_cached(tiny[0].model.audio_tower, batch["input_features"], batch["feature_attention_mask"],
-                            ids=IDS[:2], cache=EncoderCache(tmp_path, "f"))
+        EncoderCache(tmp_path, "f").encode(tiny[0].model.audio_tower, batch["input_features"],
+                                           batch["feature_attention_mask"], ids=IDS[:2])

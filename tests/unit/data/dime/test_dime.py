@@ -334,7 +334,7 @@ def test_mixer_is_an_augment_stage_a_config_can_name(toy: tuple[Path, dict]) -> 
 
     parser = ArgumentParser()
     parser.add_class_arguments(SERDataModule, "data")
-    augment = {"class_path": "ser_lightning.data.dime_mixer.DimeMixer", "init_args": {"index_dir": str(toy[0])}}
+    augment = {"class_path": "ser_lightning.data.dime.mixer.DimeMixer", "init_args": {"index_dir": str(toy[0])}}
     cfg = parser.parse_object({"data": {"shards": str(toy[0].parent), "augment": augment}})
     dm = parser.instantiate_classes(cfg)["data"]
     assert isinstance(dm.augment, DimeMixer)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ser_lightning.data.stream.pipeline import decode_sample
+from ser_lightning.data.stream.sample import decode_sample
 from ser_lightning.data.stream.skips import NullLabelError, SampleDecodeError, SkipCounter, skip_record
 
 

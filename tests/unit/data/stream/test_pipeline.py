@@ -14,17 +14,9 @@ from shard_fixtures import RATE, tone
 
 from ser_lightning.data.shards.card import read_durations
 from ser_lightning.data.stream.datamodule import EpochDataLoader
-from ser_lightning.data.stream.pipeline import (
-    EvalStream,
-    SampleDecodeError,
-    SkipCounter,
-    StreamConfig,
-    TrainStream,
-    crop,
-    decode_sample,
-    resample,
-    shard_cycle,
-)
+from ser_lightning.data.stream.pipeline import EvalStream, StreamConfig, TrainStream, shard_cycle
+from ser_lightning.data.stream.sample import crop, decode_sample, resample
+from ser_lightning.data.stream.skips import SampleDecodeError, SkipCounter
 
 CLASSES = ["Anger", "Happiness", "Neutral", "Sadness"]  # as in shard_fixtures.write_test_shards
 
