@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ser_lightning.runs.names import PREDICTIONS
+
 USAGE_ERROR = 2
 
 
@@ -39,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="audio files, folders or CSV manifests")
     p.add_argument("--ckpt", required=True, type=Path, help="checkpoint of `train.py fit`")
-    p.add_argument("--out", type=Path, default=Path("predictions.jsonl"), help="output file (.jsonl or .csv)")
+    p.add_argument("--out", type=Path, default=Path(PREDICTIONS), help="output file (.jsonl or .csv)")
     p.add_argument("--batch-size", type=int, default=8, help="clips per batch, sorted by length (default 8)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: CUDA when available")
     p.add_argument("--backbone", help="Qwen2-Audio: base model (hub id or local directory) instead of the stored one")
