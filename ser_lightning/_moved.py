@@ -1,10 +1,12 @@
-"""Old module paths that users' configs, checkpoints and scripts may name, and where each module lives now.
+"""Old module paths that users' configs and checkpoints name as class paths, and where each module lives now.
 
 Configs name classes by ``class_path`` (``ser_lightning.models.curriculum.EntropyCurriculum``, the README's
 ``ser_lightning.data.dime_mixer.DimeMixer``), and jsonargparse imports the module of that path. Instead of a shim
 module at every old path, :data:`MOVED` lists them once and :func:`install` (run by ``import ser_lightning``) adds
 an import hook that serves the new module under the old name: ``import ser_lightning.models.curriculum`` gives the
 very module object ``ser_lightning.callbacks.curriculum``, so classes keep their identity (isinstance, pickles).
+The entries are the modules that held a class a config or checkpoint can name, plus the most-imported helpers;
+a function that moved between modules (e.g. ``resolve_last``, now in ``runs.run_dirs``) is not followed.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ MOVED: dict[str, str] = {
     "ser_lightning.cli.guards": "ser_lightning.callbacks.guards",
     "ser_lightning.cli.preemption": "ser_lightning.callbacks.preemption",
     "ser_lightning.cli.quiet": "ser_lightning.callbacks.console",
-    "ser_lightning.cli.predictor": "ser_lightning.inference.predictor",
+    "ser_lightning.cli.predictor": "ser_lightning.inference",
     "ser_lightning.data.datamodule": "ser_lightning.data.stream.datamodule",
     "ser_lightning.data.dime_mixer": "ser_lightning.data.dime.mixer",
     "ser_lightning.nn.qwen2_audio_random": "ser_lightning.nn.qwen2_audio.offline",

@@ -69,7 +69,7 @@ def vote_statistics(counts: np.ndarray | Sequence[Sequence[float]], classes: Seq
         "raters_max": num(raters.max()),
         "vote_totals": {c: num(t) for c, t in zip(classes, n.sum(axis=0), strict=True)},
         "entropy_mean": float(h.mean()),
-        "entropy_mean_normalised": float(normalized_entropy(h, len(classes)).mean()),
+        "entropy_mean_normalised": float(normalized_entropy(h.mean(), len(classes))),
         "fleiss_kappa": _finite_or_none(fleiss_kappa(n).kappa),
         "tertile_edges": [float(e) for e in quantile_edges(h, 3)],
         "ties": ties,

@@ -120,6 +120,7 @@ class SERModel(Protocol):
 
     classes: list[str]
     num_classes: int
+    data_facts: DataFacts | None  # None until connect_data
 
     def data_requirements(self) -> DataRequirements:
         """The sample rate, tokenizer and batch transform the model needs from the data."""
@@ -151,7 +152,9 @@ class ExpertHeads(Protocol):
 class BuiltOnDevice(Protocol):
     """A model whose base is built on its device after construction (``configure_model``), e.g. a quantised ALM."""
 
-    backbone: Any  # None until built
+    def is_built(self) -> bool:
+        """Whether the base has been built."""
+        ...
 
     def build(self, device: device | str = "cpu") -> None:
         """Build (load) the base on ``device``."""

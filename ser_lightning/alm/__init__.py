@@ -1,6 +1,6 @@
 """Audio-language models: prompts, the processor inputs they need, annotator clients and answer parsing.
 
-The backends themselves (``alm.gemini``, ``alm.local``) load lazily through :func:`make_backend`.
+The backends themselves (``alm.gemini``, ``alm.qwen2_audio_annotator``) load lazily through :func:`make_backend`.
 """
 
 from ser_lightning.alm.aggregation import candidate_mixture, dirichlet_mixture_mean, score_weights, select_best
@@ -60,6 +60,7 @@ __all__ = [
     "VerifyRequest",
     "annotation_conversation",
     "annotation_prompt",
+    "candidate_mixture",
     "dirichlet_mixture_mean",
     "distribution_conversation",
     "distribution_prompt",
@@ -76,7 +77,6 @@ __all__ = [
     "select_best",
     "verifier_conversation",
     "verifier_prompt",
-    "candidate_mixture",
     "zeroshot_conversation",
     "zeroshot_prompt",
 ]

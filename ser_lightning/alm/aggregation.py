@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["dirichlet_mixture_mean", "score_weights", "select_best", "candidate_mixture"]
+__all__ = ["candidate_mixture", "dirichlet_mixture_mean", "score_weights", "select_best"]
 
 
 def _check(probs: Tensor | None, scores: Tensor, valid: Tensor | None) -> Tensor:

@@ -1,6 +1,6 @@
 """The interface every ALM annotator backend implements: one request per (utterance, k), one answer back.
 
-Shared by ``ser_lightning.annotate`` (the tool) and the backends in ``alm.gemini`` and ``alm.local``.
+Shared by ``ser_lightning.annotate`` (the tool) and the backends in ``alm.gemini`` and ``alm.qwen2_audio_annotator``.
 """
 
 from __future__ import annotations

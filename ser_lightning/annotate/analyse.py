@@ -139,7 +139,7 @@ def _table3(sources: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
             "fleiss_kappa": None if math.isnan(kappa.kappa) else kappa.kappa,
             "kappa_items": kappa.items,
             "entropy_mean": float(h.mean()),
-            "entropy_mean_normalised": float(normalized_entropy(h, votes.shape[1]).mean()),
+            "entropy_mean_normalised": float(normalized_entropy(h.mean(), votes.shape[1])),
         }
     return table
 

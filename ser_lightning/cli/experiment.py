@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ser_lightning.data.folds import VAL_GROUPS, assignment_counts, fold_assignments, parse_folds, rows_of
 from ser_lightning.data.shards.card import iter_shard_meta
-from ser_lightning.runs.names import FOLDS_DIR, PROTOCOL, TEST_METRICS
+from ser_lightning.runs.names import FOLDS_DIR, PROTOCOL, TEST_METRICS, experiment_run, fold_assignment
 from ser_lightning.runs.summary import aggregate, write_summary
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = [(f, s) for f, s in runs if not _run(out, f, s, args.config, overrides, args.in_process)]
     _aggregate(out)
     if failed:
-        log.error("%d runs failed: %s", len(failed), ", ".join(f"fold{f}_seed{s}" for f, s in failed))
+        log.error("%d runs failed: %s", len(failed), ", ".join(experiment_run(f, s) for f, s in failed))
     return 1 if failed else 0
 
 
@@ -138,7 +138,7 @@ def _write_folds(args: argparse.Namespace, overrides: list[str]) -> int:
             raise SystemExit(f"ser-experiment: {args.out} holds another protocol (differs in {keys}); use a new --out")
     (args.out / FOLDS_DIR).mkdir(parents=True, exist_ok=True)
     for f, assignment in enumerate(assignments):
-        (args.out / FOLDS_DIR / f"fold{f}.json").write_text(json.dumps(assignment, sort_keys=True), encoding="utf-8")
+        (args.out / FOLDS_DIR / fold_assignment(f)).write_text(json.dumps(assignment, sort_keys=True), encoding="utf-8")
     protocol.update(configs=list(args.config), overrides=list(overrides))
     path.write_text(json.dumps(protocol, indent=2) + "\n", encoding="utf-8")
     log.info("%d folds of %s: %s", len(assignments), shards, protocol["fold_counts"])
@@ -153,17 +153,17 @@ def train_args(out: Path, fold: int, seed: int, configs: list[str], overrides: l
     return args + list(overrides) + [
         "--seed_everything", str(seed),
         "--data.seed", str(seed),
-        "--data.split_assignment", str(out / FOLDS_DIR / f"fold{fold}.json"),
+        "--data.split_assignment", str(out / FOLDS_DIR / fold_assignment(fold)),
         "--test_after_fit", "true",
         "--trainer.logger.init_args.save_dir", str(out),
         "--trainer.logger.init_args.name", "",
-        "--trainer.logger.init_args.version", f"fold{fold}_seed{seed}",
+        "--trainer.logger.init_args.version", experiment_run(fold, seed),
     ]  # fmt: skip
 
 
 def _run(out: Path, fold: int, seed: int, configs: list[str], overrides: list[str], in_process: bool) -> bool:
     """Run one fold x seed unless its ``test_metrics.json`` exists; whether it has one afterwards."""
-    run_dir = out / f"fold{fold}_seed{seed}"
+    run_dir = out / experiment_run(fold, seed)
     if (run_dir / TEST_METRICS).is_file():
         log.info("fold %d seed %d: done before (%s), skipped", fold, seed, run_dir)
         return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from ser_lightning.types import LINKED_FACTS
 log = logging.getLogger(__name__)
 
 EVAL_STAGES = ("validate", "test", "predict")
+PARENT_HEADER = re.compile(r"^#\s*parent:\s*(\S+)\s*$")  # "# parent: amber2.yaml" in a config's leading comments
 
 # The project's defaults for every config: a config under configs/ sets only what is specific to its experiment
 # (e.g. max_epochs, precision, the run name as ``trainer.logger.init_args.name``).
@@ -52,8 +54,68 @@ CHECKPOINT_DEFAULTS: dict[str, Any] = {
 }
 
 
+def config_parent(path: Path) -> Path | None:
+    """The config that ``path`` is an overlay of (its ``# parent:`` header line, relative to it), or ``None``."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None  # not a readable file: jsonargparse reports it
+    for line in lines:
+        if not line.startswith("#"):
+            break  # the header is the leading comment block
+        match = PARENT_HEADER.match(line)
+        if match:
+            return path.parent / match.group(1)
+    return None
+
+
+def with_parents(args: list[str]) -> list[str]:
+    """``args`` with each overlay config's parent inserted as a ``--config`` before it, unless given earlier.
+
+    ``--config configs/amber2_cbce.yaml`` (``# parent: amber2.yaml``) runs as ``--config configs/amber2.yaml
+    --config configs/amber2_cbce.yaml``, so an overlay config is a whole experiment on its own.
+    """
+    out: list[str] = []
+    given: set[Path] = set()
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--config" and i + 1 < len(args):
+            value, step = args[i + 1], 2
+        elif arg.startswith("--config="):
+            value, step = arg.split("=", 1)[1], 1
+        else:
+            out.append(arg)
+            i += 1
+            continue
+        parents: list[Path] = []
+        parent = config_parent(Path(value))
+        while parent is not None and parent.resolve() not in given and parent not in parents:
+            parents.insert(0, parent)
+            parent = config_parent(parent)
+        for path in parents:
+            out += ["--config", str(path)]
+            given.add(path.resolve())
+        out += args[i : i + step]
+        given.add(Path(value).resolve())
+        i += step
+    return out
+
+
 class SERLightningCLI(LightningCLI):
     """LightningCLI with the data -> model links, best-``val/js`` checkpoints, LR logging and predictions."""
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Lightning's parsing, with overlay configs preceded by their parents (:func:`with_parents`).
+
+        Command-line arguments are expanded in ``sys.argv`` itself, so the DDP launcher's other ranks (which re-run
+        ``sys.argv``) parse the same configs.
+        """
+        if args is None:
+            sys.argv[1:] = with_parents(sys.argv[1:])
+        elif isinstance(args, list | tuple):
+            args = with_parents(list(args))
+        super().parse_arguments(parser, args)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Link data facts into the model and add the project's callbacks as config sections."""
@@ -201,16 +263,22 @@ def parse_config(args: list[str]) -> Any:
     returns its namespace (``config.data.shards``). Parsed by the real CLI parser, so nested config files, links and
     defaults are what a run gets; an invalid config exits as ``train.py`` would.
     """
-    cli = _ConfigOnly(
-        DistributionModule,
-        SERDataModule,
-        subclass_mode_model=True,
-        auto_configure_optimizers=False,
-        args=args,
-        trainer_defaults=copy.deepcopy(TRAINER_DEFAULTS),
-        seed_everything_default=SEED,
-    )
+    cli = _ConfigOnly(**cli_arguments(args, copy.deepcopy(TRAINER_DEFAULTS)))
     return cli.config[cli.subcommand]
+
+
+def cli_arguments(args: list[str] | None, trainer_defaults: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments both :func:`main` and :func:`parse_config` build the CLI with."""
+    return {
+        "model_class": DistributionModule,
+        "datamodule_class": SERDataModule,
+        "subclass_mode_model": True,
+        "auto_configure_optimizers": False,
+        "args": args,
+        "save_config_kwargs": {"overwrite": True},
+        "trainer_defaults": trainer_defaults,
+        "seed_everything_default": SEED,
+    }
 
 
 def main(args: list[str] | None = None) -> None:
@@ -225,16 +293,7 @@ def main(args: list[str] | None = None) -> None:
     trainer_defaults["callbacks"] = [preemption, BestAsHpMetric()]  # persistent: not config keys
     try:
         with exit_status(preemption):
-            SERLightningCLI(
-                DistributionModule,
-                SERDataModule,
-                subclass_mode_model=True,
-                auto_configure_optimizers=False,
-                args=args,
-                save_config_kwargs={"overwrite": True},
-                trainer_defaults=trainer_defaults,
-                seed_everything_default=SEED,
-            )
+            SERLightningCLI(**cli_arguments(args, trainer_defaults))
     except Exception as exc:
         missing = pretrained_error(exc)
         if missing is None:

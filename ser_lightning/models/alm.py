@@ -179,6 +179,10 @@ class ALMDistribution(DistributionModule):
                     options.setdefault("device", str(device))
                 self.verifier = make_verifier(hp.verifier_backend, hp.verifier_model, **options)
 
+    def is_built(self) -> bool:
+        """Whether :meth:`build` has run (the base is loaded)."""
+        return self.backbone is not None
+
     def _require_built(self) -> None:
         if self.backbone is None:
             raise RuntimeError("the backbone is built in configure_model(): call it (or build()) before use")

@@ -181,6 +181,10 @@ class Qwen2AudioDistribution(DistributionModule):
             hidden, self.num_classes, hp.head_num_heads, hp.head_dropout, hp.head_projection_dropout
         ).to(device=device, dtype=torch.float32)
 
+    def is_built(self) -> bool:
+        """Whether :meth:`build` has run (the base is loaded)."""
+        return self.backbone is not None
+
     def _require_built(self) -> None:
         if self.backbone is None or self.head is None:
             raise RuntimeError("the backbone is built in configure_model(): call it (or build()) before use")

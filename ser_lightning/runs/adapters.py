@@ -8,7 +8,7 @@ from typing import Any
 
 from safetensors.torch import save_file
 
-from ser_lightning.runs.names import ADAPTER_DIRS
+from ser_lightning.runs.names import ADAPTER_DIRS, ADAPTER_HEAD_SPEC, ADAPTER_HEAD_WEIGHTS
 
 
 def write_adapter(model: Any, directory: Path) -> Path:
@@ -21,7 +21,7 @@ def write_adapter(model: Any, directory: Path) -> Path:
     model.backbone.save_pretrained(str(directory))
     head = model.head
     weights = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
-    save_file(weights, str(directory / "head.safetensors"))
+    save_file(weights, str(directory / ADAPTER_HEAD_WEIGHTS))
     hp = model.hparams
     spec = {
         "hidden_size": head.norm1.normalized_shape[0],
@@ -32,7 +32,7 @@ def write_adapter(model: Any, directory: Path) -> Path:
         "classes": list(model.classes),
         "backbone": hp.backbone,
     }
-    (directory / "head.json").write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
+    (directory / ADAPTER_HEAD_SPEC).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
     return directory
 
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CHECKPOINT_KEY",
     "FORMAT",
+    "check_entry",
     "checkpoint_info",
     "class_path",
     "instantiate",
@@ -57,16 +58,22 @@ def read_checkpoint(ckpt: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint file {path}")
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    check_entry(checkpoint, path)
+    return checkpoint
+
+
+def check_entry(checkpoint: Any, where: str | Path = "the checkpoint") -> dict[str, Any]:
+    """The checkpoint's entry, or a ``ValueError`` saying why it cannot be used (older or newer format)."""
     entry = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
     if not isinstance(entry, dict):
         raise ValueError(
-            f"{path} has no {CHECKPOINT_KEY!r} entry: it was saved by a ser-lightning older than checkpoint format "
+            f"{where} has no {CHECKPOINT_KEY!r} entry: it was saved by a ser-lightning older than checkpoint format "
             f"{FORMAT} and cannot be used without its training config: run `train.py predict --config CONFIG "
-            f"--ckpt_path {path}` on shards, or retrain (or fit it on with --ckpt_path) to get a self-describing one"
+            f"--ckpt_path {where}` on shards, or retrain (or fit it on with --ckpt_path) to get a self-describing one"
         )
     if int(entry.get("format", 0)) > FORMAT:
-        raise ValueError(f"{path} has checkpoint format {entry.get('format')}; this version reads up to {FORMAT}")
-    return checkpoint
+        raise ValueError(f"{where} has checkpoint format {entry.get('format')}; this version reads up to {FORMAT}")
+    return entry
 
 
 def checkpoint_info(ckpt: str | Path) -> dict[str, Any]:
@@ -127,7 +134,7 @@ def instantiate(spec: dict[str, Any]) -> Any:
 def restore_model(
     ckpt: str | Path | dict[str, Any], *, backbone: str | None = None, map_location: str | torch.device = "cpu"
 ) -> DistributionModule:
-    """The trained model of ``ckpt`` (a file, or a dict :func:`read_checkpoint` returned) in eval mode on ``map_location``.
+    """The trained model of ``ckpt`` (a file, or what :func:`read_checkpoint` returned), in eval mode.
 
     Lean parts are rebuilt from their sources and must match the stored fingerprints. For Qwen2-Audio
     (checkpoint = adapters + head) ``backbone`` replaces the stored base location (hub id or directory) and the
@@ -139,7 +146,7 @@ def restore_model(
         KeyError: the state dict does not fit the rebuilt model.
     """
     checkpoint = ckpt if isinstance(ckpt, dict) else read_checkpoint(ckpt)
-    entry = checkpoint[CHECKPOINT_KEY]
+    entry = check_entry(checkpoint)
     spec = copy.deepcopy(entry["model"])
     init_args = spec.setdefault("init_args", {})
     if "encoder_cache_dir" in init_args:
@@ -149,7 +156,7 @@ def restore_model(
             raise ValueError(f"backbone= is for models with a pretrained base (Qwen2-Audio), not {spec['class_path']}")
         init_args["backbone"] = str(backbone)
     model = instantiate(spec)
-    if isinstance(model, BuiltOnDevice) and model.backbone is None:
+    if isinstance(model, BuiltOnDevice) and not model.is_built():
         model.build(torch.device(map_location))  # on its device already (a quantised base cannot be moved)
     else:
         model.to(map_location)

@@ -1,8 +1,8 @@
 """Run directories: where evaluations of a checkpoint write, where checkpoints go, and which ``last.ckpt`` resumes.
 
 Evaluations: ``validate`` / ``test`` / ``predict`` with ``--ckpt_path`` write next to the checkpoint, in
-``<stage>-<k>/``. Lightning alone opens a new ``runs/<name>/version_M`` for every evaluation of an old checkpoint, so the
-metrics end up far from the run they score. For a checkpoint inside a run layout
+``<stage>-<k>/``. Lightning alone opens a new ``runs/<name>/version_M`` for every evaluation of an old checkpoint,
+so the metrics end up far from the run they score. For a checkpoint inside a run layout
 (``runs/<name>/version_N/checkpoints/x.ckpt``) :func:`place_stage_outputs` points the logger at
 ``runs/<name>/version_N/<stage>-<k>`` (``k`` the first free number), so ``{stage}_metrics.json``,
 ``test_predictions.jsonl`` and ``predictions.jsonl`` land there. It runs before the trainer is built; under

@@ -70,7 +70,8 @@ class ScoredRecords:
                 f"{len(predicted)} predictions and {len(rows)} extras"
             )
         for uid, target, ent, pred, extra in zip(ids, targets, entropies, predicted, rows, strict=True):
-            record = {"id": uid, "classes": self.classes, "target": target, "target_entropy": ent, "probabilities": pred}
+            record = {"id": uid, "classes": self.classes, "target": target, "target_entropy": ent}
+            record["probabilities"] = pred
             self.records.append(merge_extras(strict_json(record), extra))
 
     def write(self, trainer: L.Trainer, device: Any) -> Path | None:

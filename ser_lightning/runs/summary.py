@@ -1,4 +1,4 @@
-"""Aggregate a ``ser-experiment`` protocol (the summary it writes): every numeric test metric as mean ± std over its fold x seed runs.
+"""The summary of a ``ser-experiment`` protocol: every numeric test metric as mean ± std over its runs.
 
 ``summary.json``: ``{"runs": [{"fold", "seed", "dir", "metrics": {...}}], "metrics": {"test/js": {"mean", "std",
 "n"}, ...}, "missing": [...]}``; ``std`` is the sample standard deviation (``ddof=1``, as papers report it
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ser_lightning.runs.names import SUMMARY_STEM, TEST_METRICS
+from ser_lightning.runs.names import SUMMARY_STEM, TEST_METRICS, experiment_run
 
 RUN_DIR = re.compile(r"^fold(\d+)_seed(\d+)$")
 
@@ -67,7 +67,7 @@ def aggregate(out: str | Path, protocol: dict[str, Any] | None = None) -> dict[s
     if protocol is not None:
         done = {(r["fold"], r["seed"]) for r in runs}
         expected = [(f, s) for f in range(len(protocol["fold_counts"])) for s in range(int(protocol["seeds"]))]
-        summary["missing"] = [f"fold{f}_seed{s}" for f, s in expected if (f, s) not in done]
+        summary["missing"] = [experiment_run(f, s) for f, s in expected if (f, s) not in done]
     return summary
 
 

@@ -24,8 +24,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARDS = ROOT / "shards" / "demo"
-PARENT = ROOT / "configs" / "wavlm_multitask.yaml"
-CONFIG = ROOT / "configs" / "wavlm_multitask_curriculum.yaml"  # an overlay of PARENT
+CONFIG = ROOT / "configs" / "wavlm_multitask_curriculum.yaml"  # an overlay: the CLI puts wavlm_multitask.yaml first
 TINY = ROOT / "configs" / "debug" / "tiny.yaml"
 
 
@@ -47,7 +46,7 @@ def _schedule_overlay(tmp_path: Path, warmup: int, ramp: int, start: float, end:
 
 def _args(tmp_path: Path, overlay: Path, epochs: int) -> list[str]:
     return [
-        *("--config", str(PARENT), "--config", str(CONFIG), "--config", str(TINY), "--config", str(overlay)),
+        *("--config", str(CONFIG), "--config", str(TINY), "--config", str(overlay)),
         *("--trainer.logger.init_args.save_dir", str(tmp_path)),
         *("--trainer.logger.init_args.name", "cur"),
         *("--trainer.logger.init_args.version", "v"),

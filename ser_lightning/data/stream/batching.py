@@ -156,19 +156,12 @@ def expected_batch_size(
 
 
 class Collate:
-    """Turn a list of decoded samples into the batch the models read (:class:`ser_lightning.types.Batch`).
+    """Turn a list of decoded samples into the batch the models read: :class:`ser_lightning.types.Batch`.
 
-    Keys: ``audio`` (B, T) float32 zero-padded, ``audio_mask`` (B, T) long with 1 on valid samples,
-    ``targets`` (B, C) float32 distributions of the label source, ``votes`` (B, C) float32 vote counts
-    of that source (NaN where a sample has none), ``entropy`` (B,) float64: each sample's stored exact
-    entropy of the label source in nats (``meta["entropy"][label_source]``, what the ambiguity bins use),
-    ``vad`` (B, 3) float32 (NaN when absent), ``ids``, ``transcripts`` and ``speakers`` (lists of str),
-    ``consensus`` (B,) long: the index in ``meta["classes"]`` of the corpus's consensus label (``meta["consensus"]``),
-    -1 when it is null or absent (shards written before it, other corpora) and for a DiME mix,
-    ``augmented`` (B,) bool (a DiME mix or a cropped clip: not the stored utterance, so no per-id cache), with a
-    tokenizer ``text_input_ids`` / ``text_attention_mask`` (B, L) long, and whatever ``batch_transform`` adds.
-    Samples without ``target`` (unlabelled audio, ``ser-predict``) give a batch without ``targets``, ``votes``
-    and ``entropy``.
+    Every key and shape is listed there. ``entropy`` is each sample's stored exact entropy of the label source
+    (``meta["entropy"][label_source]``), ``consensus`` the index in ``meta["classes"]`` of ``meta["consensus"]``
+    (-1 when null or absent, and for a DiME mix). Samples without ``target`` (unlabelled audio, ``ser-predict``)
+    give a batch without ``targets``, ``votes`` and ``entropy``.
 
     Args:
         label_source: key of ``meta["votes"]`` holding the votes that match ``target``.

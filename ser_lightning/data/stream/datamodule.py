@@ -25,7 +25,7 @@ from ser_lightning.data.stream.batching import Collate, expected_batch_size
 from ser_lightning.data.stream.loader import EpochDataLoader
 from ser_lightning.data.stream.pipeline import AugmentStage, EvalStream, StreamConfig, TrainStream, rank_world
 from ser_lightning.data.stream.stages import StageSets
-from ser_lightning.types import BatchTransform, DataFacts, EvalExpectation
+from ser_lightning.types import BatchTransform, DataFacts, EvalExpectation, SERModel
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +44,9 @@ class SERDataModule(L.LightningDataModule):
     over all ranks is about one pass over the train split; every rank yields exactly that many
     batches, however uneven the shards (the stream is endless and cut by count).
 
-    Batch dict: ``audio`` (B, T) float32 zero-padded, ``audio_mask`` (B, T) long (1 = valid),
-    ``targets`` (B, C) float32, ``votes`` (B, C) float32, ``entropy`` (B,) float64 (nats: the sample's
-    stored entropy of the label source), ``consensus`` (B,) long (the corpus's consensus class, -1 when none),
-    ``vad`` (B, 3) float32 (NaN when absent), ``ids`` and
-    ``transcripts`` (list[str]), and with a tokenizer ``text_input_ids`` and ``text_attention_mask`` (B, L) long.
-    Evaluation batches also carry ``skipped`` (what the stream skipped, with reasons; see ``EvalStream``), which
-    the model adds to the samples it scored and compares with :meth:`eval_expectation` at the end of a pass.
+    Batches are :class:`ser_lightning.types.Batch`; evaluation batches also carry ``skipped`` (what the stream
+    skipped, with reasons; see ``EvalStream``), which the model adds to the samples it scored and compares with the
+    pass's expectation (:meth:`facts`) at its end.
 
     Args:
         shards: directory with ``card.json`` and the ``{split}-NNNNNN.tar`` shards.
@@ -120,8 +116,6 @@ class SERDataModule(L.LightningDataModule):
         if num_workers < 0 or shuffle_buffer < 0:
             raise ValueError("num_workers and shuffle_buffer must be >= 0")
         self.save_hyperparameters(ignore=["augment"])
-        self.shards = Path(shards)
-        self.label_source = label_source
         self.sample_rate = sample_rate
         self.max_batch_seconds = max_batch_seconds
         self.max_batch_size = max_batch_size
@@ -138,10 +132,24 @@ class SERDataModule(L.LightningDataModule):
         self.allow_partial_eval = allow_partial_eval
         self.tokenizer: Any | None = None
         self.batch_transform: BatchTransform | None = None
-        self.split_assignment = split_assignment
-        self.stages = StageSets(self.shards, label_source, self.splits, split_assignment)
+        self.stages = StageSets(shards, label_source, self.splits, split_assignment)
 
     # ---------------------------------------------------------------- card facts
+    @property
+    def shards(self) -> Path:
+        """The shard directory (held by :attr:`stages`, the one place it is kept)."""
+        return self.stages.shards
+
+    @property
+    def label_source(self) -> str:
+        """The vote source used as target."""
+        return self.stages.label_source
+
+    @property
+    def split_assignment(self) -> str | None:
+        """The ``split_assignment`` file, or ``None``."""
+        return self.stages.split_assignment
+
     @property
     def card(self) -> dict[str, Any]:
         """The shard directory's ``card.json``, read once, checked to list ``label_source`` (and ``merged``'s rule)."""
@@ -224,7 +232,7 @@ class SERDataModule(L.LightningDataModule):
             sample_rate=self.sample_rate,
             max_batch_size=self.max_batch_size,
             expectations={stage: self.eval_expectation(stage) for stage in ("val", "test")},
-            damaged_shards=self.damaged_shards,
+            damaged_shards=self.stages.damaged_shards,
         )
 
     # ---------------------------------------------------------------- model pieces
@@ -251,7 +259,11 @@ class SERDataModule(L.LightningDataModule):
             self.tokenizer = tokenizer
 
     def setup(self, stage: str | None = None) -> None:
-        """Check the card against the configuration (reading it checks the label source) and load the tokenizer."""
+        """Check the card against the configuration, load the tokenizer, and offer the model its facts.
+
+        Reading the card checks the label source. Under ``train.py`` the CLI has handed the model
+        :meth:`facts` already; a ``Trainer`` used from Python gets them here, once, if its model has none.
+        """
         needed = {"fit": "train", "validate": "val", "test": "test", "predict": "predict"}.get(stage or "")
         if needed is not None:  # the stage's split (or the assigned set) exists; log its null-label samples
             self.stages.urls(needed)
@@ -268,6 +280,9 @@ class SERDataModule(L.LightningDataModule):
             from ser_lightning.nn.pretrained import pretrained
 
             self.tokenizer = pretrained(AutoTokenizer.from_pretrained, self.text_tokenizer, what="text tokenizer")
+        module = None if self.trainer is None else self.trainer.lightning_module
+        if isinstance(module, SERModel) and module.data_facts is None:  # a Trainer used from Python, not the CLI
+            module.connect_data(self.facts())
 
     # ---------------------------------------------------------------- loaders
     def train_batches(self, world_size: int) -> int:

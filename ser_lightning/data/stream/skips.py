@@ -1,6 +1,6 @@
 """Bad samples and shards in a stream: the error that names them, their records, and the counting handler.
 
-Kept apart from :mod:`ser_lightning.data.stream.pipeline` (which re-exports these names): what a skip
+Kept apart from :mod:`ser_lightning.data.stream.pipeline`: what a skip
 is and how it travels to the model (the ``skipped`` list of each evaluation batch).
 """
 

@@ -9,10 +9,10 @@ import torch
 from transformers import AutoConfig, AutoModel
 
 from ser_lightning.models import WavLMMultitask
+from ser_lightning.nn import AudioEncoder, TextEncoder, tiny_audio_config, tiny_text_config
 from ser_lightning.runs import frozen_parts
 from ser_lightning.runs.checkpoint import CHECKPOINT_KEY, checkpoint_info, restore_model
 from ser_lightning.runs.frozen_parts import fingerprint, same_fingerprint
-from ser_lightning.nn import AudioEncoder, TextEncoder, tiny_audio_config, tiny_text_config
 
 
 def _tensors(seed: int = 0) -> dict[str, torch.Tensor]:
