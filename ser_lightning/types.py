@@ -54,8 +54,10 @@ class Batch(TypedDict):
     attention_mask: NotRequired[Tensor]  # (B, L) long
     input_features: NotRequired[Tensor]  # (B, mel bins, frames) float32
     feature_attention_mask: NotRequired[Tensor]  # (B, frames) long
-    # evaluation streams: what was skipped since the previous batch (a batch of skips only has just this key)
+    # evaluation streams, since the previous batch of the worker: what was skipped, and the bytes read from the shards
+    # (a batch of no samples carries only these two and an empty ``ids``)
     skipped: NotRequired[list[SkipRecord]]
+    read_bytes: NotRequired[int]
 
 
 BatchTransform = Callable[[Batch], Mapping[str, Any]]

@@ -27,12 +27,12 @@ from ser_lightning.data.shards.card import (
     REJECTED_NAME,
     build_card,
     common_sources,
-    describe_shard,
     iter_tar_samples,
     label_rules,
     read_card,
 )
 from ser_lightning.data.shards.files import check_out_dir, shard_tar_writer, write_card
+from ser_lightning.data.shards.verify import describe_shard
 from ser_lightning.labels import entropy, votes_to_distribution
 
 __all__ = ["SYNTHETIC", "COMBINED", "Annotator", "merge_store", "read_synthetic", "synthetic_votes"]

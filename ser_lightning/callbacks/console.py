@@ -29,6 +29,8 @@ KNOWN_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     (r"Couldn't infer the batch indices fetched from your dataloader", UserWarning),
     # DDP: val/ and test/ metrics come from torchmetrics' compute(), already synchronised across ranks
     (r"It is recommended to use `self\.log\('(val|test)/", UserWarning),
+    # a machine with Slurm installed (a login node, CI): runs outside a job need no srun; the sbatch templates use it
+    (r"The `srun` command is available on your system but is not used", UserWarning),
 )
 # log records dropped (message regex, searched): Lightning's advertisement when no LitLogger is configured
 KNOWN_LOG_MESSAGES: tuple[str, ...] = (r"Tip: .*\blitlogger\b",)

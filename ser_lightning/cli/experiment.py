@@ -18,13 +18,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from ser_lightning.data.folds import VAL_GROUPS, assignment_counts, fold_assignments, parse_folds, rows_of
+from ser_lightning.data.shards import storage
 from ser_lightning.data.shards.card import iter_shard_meta
+from ser_lightning.data.shards.storage import Location
+from ser_lightning.runs.json_values import write_text_atomic
 from ser_lightning.runs.names import FOLDS_DIR, PROTOCOL, TEST_METRICS, experiment_run, fold_assignment
 from ser_lightning.runs.summary import aggregate, write_summary
 
@@ -50,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--val-group", choices=VAL_GROUPS, help="validation grouping (default: speaker for "
                    "session/speaker folds, else utterance)")  # fmt: skip
     p.add_argument("--official-test-split", default="test", help="the corpus split --folds official tests on")
-    p.add_argument("--shard", default="0/1", help="i/n: run only runs i, i+n, i+2n ... (node i of n, 0-based)")
+    p.add_argument("--shard", default="0/1", help="i/n: run only runs i, i+n, i+2n ... (node i of n, 0-based); "
+                   "auto: this Slurm array task's share (SLURM_ARRAY_TASK_ID - MIN of _COUNT)")  # fmt: skip
     p.add_argument("--aggregate-only", action="store_true", help="only aggregate the finished runs")
     p.add_argument("--in-process", action="store_true", help="run train.py in this process (single device)")
     return p
@@ -91,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parse_shard(spec: str) -> tuple[int, int]:
+    if spec == "auto":
+        return slurm_array_shard()
     try:
         index, count = (int(x) for x in spec.split("/"))
     except ValueError:
@@ -100,14 +107,35 @@ def _parse_shard(spec: str) -> tuple[int, int]:
     return index, count
 
 
-def data_settings(configs: list[str], overrides: list[str]) -> tuple[Path, str]:
+def slurm_array_shard() -> tuple[int, int]:
+    """``(i, n)`` of this Slurm array task: ``SLURM_ARRAY_TASK_ID - _MIN`` of ``SLURM_ARRAY_TASK_COUNT``.
+
+    Outside a job array (no ``SLURM_ARRAY_TASK_ID``) the whole protocol is this node's: ``(0, 1)``.
+    """
+    task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    if task is None:
+        log.info("--shard auto outside a Slurm job array: running every run")
+        return 0, 1
+    try:
+        count = int(os.environ["SLURM_ARRAY_TASK_COUNT"])
+        index = int(task) - int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
+    except (KeyError, ValueError) as err:
+        raise SystemExit(f"ser-experiment: --shard auto: unreadable Slurm array variables ({err})") from None
+    if not 0 <= index < count:
+        raise SystemExit(f"ser-experiment: --shard auto: array task {task} is not in 0..{count - 1} after the minimum "
+                         "(use --array=0-N or --array=1-N with a step of 1)")  # fmt: skip
+    log.info("--shard auto: Slurm array task %d of %d", index, count)
+    return index, count
+
+
+def data_settings(configs: list[str], overrides: list[str]) -> tuple[Location, str]:
     """``(shards, label_source)`` of the DataModule the runs get: the configs and overrides parsed as train.py does."""
     from ser_lightning.cli.train import parse_config
 
     config = parse_config(["fit", *[arg for c in configs for arg in ("--config", str(c))], *overrides])
     if not config.data.shards:
         raise SystemExit("ser-experiment: no data.shards in the configs or overrides")
-    return Path(config.data.shards), str(config.data.label_source)
+    return storage.as_location(config.data.shards), str(config.data.label_source)
 
 
 def _write_folds(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -138,9 +166,9 @@ def _write_folds(args: argparse.Namespace, overrides: list[str]) -> int:
             raise SystemExit(f"ser-experiment: {args.out} holds another protocol (differs in {keys}); use a new --out")
     (args.out / FOLDS_DIR).mkdir(parents=True, exist_ok=True)
     for f, assignment in enumerate(assignments):
-        (args.out / FOLDS_DIR / fold_assignment(f)).write_text(json.dumps(assignment, sort_keys=True), encoding="utf-8")
+        write_text_atomic(args.out / FOLDS_DIR / fold_assignment(f), json.dumps(assignment, sort_keys=True))
     protocol.update(configs=list(args.config), overrides=list(overrides))
-    path.write_text(json.dumps(protocol, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(path, json.dumps(protocol, indent=2) + "\n")  # the tasks of a job array write it alike
     log.info("%d folds of %s: %s", len(assignments), shards, protocol["fold_counts"])
     return len(assignments)
 

@@ -27,7 +27,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Build <SHARDS>/dime/: the DiME-Aug neighbour index (k nearest neighbours inside each "
         "minority class) and the memory-mapped audio pool of the minority-class utterances.",
     )
-    p.add_argument("shards", metavar="SHARDS", help="a `ser-prepare --out` directory (card.json + shards)")
+    p.add_argument("shards", metavar="SHARDS", help="a `ser-prepare --out` directory (card.json + shards): a path or "
+                   "a URL (s3://, gs://, http(s)://)")  # fmt: skip
+    p.add_argument("--out", help="the index directory (default: SHARDS/dime; needed when SHARDS is remote)")
     p.add_argument("--label-source", default="primary", help="votes that define the dominant class (default: primary)")
     p.add_argument("--ratio", type=float, default=0.3, help="minority threshold x majority class count (default: 0.3)")
     p.add_argument("--k", type=int, default=3, help="neighbours per minority utterance (default: 3)")
@@ -70,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             encoder=encoder,
             split=args.split,
             progress=not args.quiet,
+            out_dir=args.out,
         )
     except (FileNotFoundError, KeyError, ValueError) as err:
         parser.error(str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err))

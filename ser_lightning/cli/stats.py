@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ser_lightning.corpora.crema_d import is_tabulated_votes, read_tabulated_votes
+from ser_lightning.data.shards import storage
 from ser_lightning.data.shards.card import shard_dir_statistics
 from ser_lightning.labels import CLASS_SETS, get_class_set
 from ser_lightning.stats import STATS_KEYS, vote_statistics
@@ -71,22 +72,23 @@ def _format_table(stats: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``ser-stats FILE|DIR [--classes A,B,...] [--json]``."""
     parser = argparse.ArgumentParser(prog="ser-stats", description=__doc__)
-    parser.add_argument("path", type=Path, help="vote table (CSV) or shard directory written by ser-prepare")
+    parser.add_argument("path", help="vote table (CSV), or shard directory written by ser-prepare (a path or a URL)")
     parser.add_argument("--classes", help="vote-count columns, e.g. Anger,Happy,Sad, or a class-set name")
     parser.add_argument("--crema-d-modality", choices=("voice", "face", "av"), default="voice")
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object")
     args = parser.parse_args(argv)
+    shard_dir = storage.is_remote(args.path) or Path(args.path).is_dir()
     try:
-        if args.path.is_dir():
+        if shard_dir:
             stats: dict[str, Any] = shard_dir_statistics(args.path)
         else:
-            stats = table_statistics(args.path, args.classes, args.crema_d_modality)
+            stats = table_statistics(Path(args.path), args.classes, args.crema_d_modality)
     except (OSError, ValueError, KeyError) as err:
         print(f"ser-stats: {err}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(stats))
-    elif args.path.is_dir():
+    elif shard_dir:
         print("\n\n".join(f"[{split}]\n{_format_table(s)}" for split, s in stats.items()))
     else:
         print(_format_table(stats))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import torch
 from jsonargparse.typing import NonNegativeInt
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from ser_lightning.callbacks.console import add_default_progress_bar, silence_known_warnings
 from ser_lightning.callbacks.guards import FiniteModelCheckpoint, NonFiniteGuard
@@ -25,7 +27,7 @@ from ser_lightning.models.base import DistributionModule
 from ser_lightning.nn.pretrained import pretrained_error
 from ser_lightning.runs.checkpoint import spec_from_config
 from ser_lightning.runs.metrics_json import pass_metrics, summary_line, write_pass_metrics
-from ser_lightning.runs.run_dirs import place_stage_outputs, resolve_last
+from ser_lightning.runs.run_dirs import mark_fit_complete, place_stage_outputs, resolve_last
 from ser_lightning.types import LINKED_FACTS
 
 log = logging.getLogger(__name__)
@@ -144,7 +146,8 @@ class SERLightningCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         """Choose the log directory before any trainer exists (every DDP rank must agree on it).
 
-        ``fit --ckpt_path last``: resume the run name's newest ``last.ckpt`` and log into its version directory.
+        ``fit --ckpt_path last``: resume the run name's newest ``last.ckpt`` and log into its version directory;
+        ``--ckpt_path auto``: the same for an interrupted run of the name, else a new run (``runs.run_dirs``).
         ``validate`` / ``test`` / ``predict --ckpt_path runs/<name>/version_N/checkpoints/x.ckpt``: log into
         ``runs/<name>/version_N/<stage>-<k>`` rather than a new ``version_M`` (see ``runs.run_dirs``).
         """
@@ -175,18 +178,29 @@ class SERLightningCLI(LightningCLI):
         self.model.set_model_spec(spec_from_config(section, facts.linked()))
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
-        """Lightning's trainer, with a progress bar that leaves out ``v_num`` unless the config sets its own."""
+        """Lightning's trainer, with a progress bar that leaves out ``v_num`` unless the config sets its own.
+
+        In a Slurm job, Lightning's own requeue handler is switched off (``SLURMEnvironment(auto_requeue=False)``,
+        unless the config sets ``trainer.plugins``): ``PreemptionCheckpoint`` owns the pre-emption signals.
+        """
+        trainer_config = self.config_init.get(str(self.subcommand), self.config_init).trainer
         if "callbacks" not in kwargs:
-            callbacks = add_default_progress_bar(self.config_init.get(str(self.subcommand), self.config_init).trainer)
+            callbacks = add_default_progress_bar(trainer_config)
             if callbacks is not None:
                 kwargs["callbacks"] = callbacks
+        if "plugins" not in kwargs and not trainer_config.get("plugins") and _slurm_tasks():
+            kwargs["plugins"] = [SLURMEnvironment(auto_requeue=False)]
         return super().instantiate_trainer(**kwargs)
 
     def after_fit(self) -> None:
-        """Optionally test the best checkpoint right away, next to the reference predictors."""
+        """Optionally test the best checkpoint right away; then mark the run's fit finished (``--ckpt_path auto``)."""
         if self.config.get(self.subcommand, {}).get("test_after_fit"):
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best")
             self._write_metrics("test")
+        trainer = self.trainer
+        log_dir = trainer.log_dir or trainer.default_root_dir  # collective under DDP: every rank asks
+        if trainer.global_rank == 0:
+            mark_fit_complete(log_dir, trainer.current_epoch, trainer.global_step)
 
     def after_validate(self) -> None:
         """Write ``validate_metrics.json`` into the log directory."""
@@ -238,6 +252,11 @@ class SERLightningCLI(LightningCLI):
         )
         out = write_pass_metrics(log_dir, stage, metrics)
         log.warning("%s", summary_line(stage, metrics, out))
+
+
+def _slurm_tasks() -> bool:
+    """Whether this process is a task of a Slurm job step (Lightning's ``SLURMEnvironment.detect`` rule, quietly)."""
+    return "SLURM_NTASKS" in os.environ and SLURMEnvironment.job_name() not in ("bash", "interactive")
 
 
 class _ConfigOnly(SERLightningCLI):

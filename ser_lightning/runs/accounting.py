@@ -34,11 +34,13 @@ class PassTally:
         self.skipped: list[SkipRecord] = []
         self.uniform_js = 0.0
         self.train_mean_js = 0.0
+        self.read_bytes = 0
 
     def add_skips(self, batch: Batch | dict[str, Any]) -> None:
-        """Count the batch and keep the stream's skip records it carries."""
+        """Count the batch, keep the stream's skip records it carries and the bytes its worker read."""
         self.batches += 1
         self.skipped.extend(batch.get("skipped") or [])
+        self.read_bytes += int(batch.get("read_bytes") or 0)
 
     def add_scored(self, target: Tensor, train_mean: list[float] | None) -> None:
         """Count the scored targets ``(B, C)`` and score the uniform and train-mean predictors on exactly them."""
@@ -57,6 +59,7 @@ class PassTally:
             "skipped": list(self.skipped),
             "uniform_js": self.uniform_js,
             "train_mean_js": self.train_mean_js,
+            "read_bytes": self.read_bytes,
         }
 
 
@@ -67,7 +70,8 @@ def pass_report(
 
     Keys: ``split``, ``complete``, ``limited``, ``expected``, ``scored``, ``skipped``, ``skipped_samples`` /
     ``shard_errors`` (``{"key", "shard", "reason"}``, at most :data:`MAX_LISTED` each), ``damaged_shards`` (filled
-    on the failure path) and ``reference`` (``uniform_js``, ``train_mean_js``: JS in bits on the scored set).
+    on the failure path), ``bytes_read`` (read from the shards' location by every rank and worker) and
+    ``reference`` (``uniform_js``, ``train_mean_js``: JS in bits on the scored set).
     ``complete`` is true when every sample the card lists was scored or skipped with a reason and no shard failed
     while streaming; ``None`` without an expectation; false when the trainer cut the pass (``limited``).
     """
@@ -89,6 +93,7 @@ def pass_report(
         "skipped_samples": samples[:MAX_LISTED],
         "shard_errors": shard_errors[:MAX_LISTED],
         "damaged_shards": [],
+        "bytes_read": sum(int(t.get("read_bytes", 0)) for t in tallies),
         "reference": {
             "uniform_js": sum(t["uniform_js"] for t in tallies) / scored if scored else None,
             "train_mean_js": (

@@ -2,13 +2,15 @@
 
 :func:`plain` turns tensors, numpy values, paths and jsonargparse namespaces into dicts, lists and scalars, so a
 checkpoint's entry loads anywhere; :func:`strict_json` and :func:`finite` replace non-finite numbers by ``None``,
-since strict JSON has no NaN; :func:`write_json` writes a strict-JSON file.
+since strict JSON has no NaN; :func:`write_json` writes a strict-JSON file, atomically (:func:`write_text_atomic`).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -53,7 +55,25 @@ def strict_json(value: Any) -> Any:
 
 def write_json(path: str | Path, value: Any) -> Path:
     """Write ``value`` as indented, key-sorted strict JSON (a NaN left in it is an error, never written)."""
+    return write_text_atomic(path, json.dumps(value, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` through a temporary file in the same directory, fsynced, then renamed into place.
+
+    Readers (and other processes writing the same file, e.g. the tasks of a job array) see the old file or the new
+    one, never half of one.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path

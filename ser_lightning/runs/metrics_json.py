@@ -4,7 +4,8 @@ A pass's file holds, in strict JSON (a non-finite number is ``null``):
 
 - the logged ``val/...`` / ``test/...`` metrics (overall, per bin, per head);
 - its accounting (:mod:`ser_lightning.runs.accounting`): ``complete``, ``expected``, ``scored``, ``skipped`` and
-  ``evaluation`` (split, skipped samples and shard errors with reasons, damaged shards);
+  ``evaluation`` (split, skipped samples and shard errors with reasons, damaged shards, ``bytes_read`` from the
+  shards' location);
 - ``reference``: the uniform and train-mean predictors' JS in bits on exactly the scored samples;
 - ``checkpoint`` (the file scored) and ``units`` (:data:`UNITS`);
 - for a test pass with ``bootstrap_samples`` > 0: ``test/<metric>_ci95: [lo, hi]``, percentile intervals over
@@ -154,12 +155,15 @@ def write_pass_metrics(out_dir: str | Path, stage: str, metrics: Mapping[str, An
 def summary_line(stage: str, metrics: Mapping[str, Any], path: Path) -> str:
     """The one console line of a pass: its JS beside the reference predictors', the counts and the file."""
     ref = metrics["reference"]
-    split = (metrics.get("evaluation") or {}).get("split", stage)
+    evaluation = metrics.get("evaluation") or {}
+    split = evaluation.get("split", stage)
+    read = evaluation.get("bytes_read")
     return (
         f"{split} JS {_fmt(metrics.get('test/js', metrics.get('val/js')))} | uniform predictor "
         f"{_fmt(ref['uniform_js'])} | train-mean predictor {_fmt(ref['train_mean_js'])} | {metrics['scored']} of "
         f"{metrics['expected']} scored, {metrics['skipped']} skipped"
-        f"{'' if metrics['complete'] else ' (INCOMPLETE)'} (written to {path})"
+        f"{'' if metrics['complete'] else ' (INCOMPLETE)'}{'' if read is None else f', {read / 1e6:.1f} MB read'}"
+        f" (written to {path})"
     )
 
 

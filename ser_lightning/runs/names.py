@@ -7,7 +7,8 @@ run ``OUT/fold{f}_seed{s}/``) holds:
 - ``test_predictions.jsonl``: each scored test utterance's target and prediction (``runs.scored_records``);
 - ``predictions.jsonl``: what ``predict`` wrote (``callbacks.prediction_writer``);
 - ``reliability.png``: the test pass's reliability diagram;
-- ``checkpoints/`` with ``last.ckpt`` and the best ones, and for Qwen2-Audio ``best_adapter/`` / ``last_adapter/``.
+- ``checkpoints/`` with ``last.ckpt`` and the best ones, and for Qwen2-Audio ``best_adapter/`` / ``last_adapter/``;
+- ``fit_complete.json`` once its fit finished (``--ckpt_path auto`` resumes only runs without it).
 
 A ``ser-experiment`` directory adds ``protocol.json``, ``folds/fold{f}.json`` and ``summary.{json,md,csv}``.
 """
@@ -19,6 +20,7 @@ PREDICTIONS = "predictions.jsonl"
 RELIABILITY_FIGURE = "reliability.png"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"  # Lightning's ModelCheckpoint.CHECKPOINT_NAME_LAST + FILE_EXTENSION
+FIT_COMPLETE = "fit_complete.json"  # in a run directory whose fit finished: --ckpt_path auto does not resume it
 # the peft adapter directory written next to the checkpoint a ModelCheckpoint attribute names
 ADAPTER_DIRS = {"best_model_path": "best_adapter", "last_model_path": "last_adapter"}
 ADAPTER_HEAD_WEIGHTS = "head.safetensors"  # in an adapter directory, beside peft's files: the distribution head

@@ -17,12 +17,13 @@ Resuming: Lightning's ``ckpt_path="last"`` only looks in the checkpoint director
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ser_lightning.runs.names import CHECKPOINT_DIR, LAST_CHECKPOINT
+from ser_lightning.runs.names import CHECKPOINT_DIR, FIT_COMPLETE, LAST_CHECKPOINT
 
 if TYPE_CHECKING:
     import lightning as L
@@ -105,36 +106,57 @@ def checkpoint_dir(trainer: L.Trainer) -> Path:
     return Path(trainer.log_dir or trainer.default_root_dir) / CHECKPOINT_DIR
 
 
-def find_last(save_dir: str | Path, name: str, version: str | int | None = None) -> Path | None:
+def find_last(
+    save_dir: str | Path, name: str, version: str | int | None = None, unfinished: bool = False
+) -> Path | None:
     """Newest ``save_dir/name/<version>/checkpoints/last.ckpt`` (by modification time), or ``None``.
 
     ``version``: only that version (an int ``N`` means ``version_N``); ``None``: every version of the run name.
+    ``unfinished``: only runs whose fit did not finish (no :data:`~ser_lightning.runs.names.FIT_COMPLETE`).
     """
     root = Path(save_dir) / name
     if version is None:
         found = [p for p in root.glob(f"*/{CHECKPOINT_DIR}/{LAST_CHECKPOINT}") if p.is_file()]
-        return max(found, key=lambda p: p.stat().st_mtime) if found else None
-    folder = version if isinstance(version, str) else f"version_{version}"
-    path = root / folder / CHECKPOINT_DIR / LAST_CHECKPOINT
-    return path if path.is_file() else None
+    else:
+        folder = version if isinstance(version, str) else f"version_{version}"
+        found = [p for p in [root / folder / CHECKPOINT_DIR / LAST_CHECKPOINT] if p.is_file()]
+    if unfinished:
+        found = [p for p in found if not (p.parent.parent / FIT_COMPLETE).is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def mark_fit_complete(run_dir: str | Path, epochs: int, global_step: int) -> Path:
+    """Write :data:`~ser_lightning.runs.names.FIT_COMPLETE` into a run directory: ``--ckpt_path auto`` skips it."""
+    path = Path(run_dir) / FIT_COMPLETE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"epochs": epochs, "global_step": global_step}) + "\n", encoding="utf-8")
+    return path
 
 
 def resolve_last(config: Any) -> None:
-    """Point a ``fit`` config with ``ckpt_path: last`` at the run's newest ``last.ckpt`` and log into its version.
+    """Point a ``fit`` config with ``ckpt_path: last`` or ``auto`` at a ``last.ckpt`` and log into its version.
 
-    ``config``: the fit subcommand's namespace (``ckpt_path``, ``trainer``, ``checkpoint``). With an explicit
-    ``checkpoint.dirpath`` the ``last.ckpt`` there is used. Raises ``FileNotFoundError`` when there is none:
-    asked to resume, a run must not silently start from scratch.
+    ``last``: the run name's newest ``last.ckpt``; ``FileNotFoundError`` when there is none (asked to resume, a run
+    must not silently start from scratch). ``auto``: the newest ``last.ckpt`` of an interrupted run of the name
+    (its fit did not finish), else a new run; logged either way. The command a scheduler re-runs after a requeue
+    is then the same as the first one. ``config``: the fit subcommand's namespace (``ckpt_path``, ``trainer``,
+    ``checkpoint``). With an explicit ``checkpoint.dirpath`` the ``last.ckpt`` there is used.
     """
-    if config.get("ckpt_path") != "last":
+    mode = config.get("ckpt_path")
+    if mode not in ("last", "auto"):
         return
+    auto = mode == "auto"
     dirpath = config.get("checkpoint.dirpath")
     if dirpath:
         path = Path(dirpath) / LAST_CHECKPOINT
+        if auto and (not path.is_file() or (path.parent.parent / FIT_COMPLETE).is_file()):
+            config["ckpt_path"] = None
+            _say("--ckpt_path auto: no interrupted run in %s: starting a new run", dirpath)
+            return
         if not path.is_file():
             raise FileNotFoundError(f"--ckpt_path last: no {path} (checkpoint.dirpath); nothing to resume")
         config["ckpt_path"] = str(path)
-        log.warning("--ckpt_path last: resuming %s", path)
+        _say("--ckpt_path %s: resuming %s", mode, path)
         return
     logger = config.get("trainer.logger")
     root = config.get("trainer.default_root_dir") or "."
@@ -144,11 +166,19 @@ def resolve_last(config: Any) -> None:
         save_dir, name, version = init.get("save_dir") or ".", init.get("name") or "", init.get("version")
     else:  # no logger: checkpoints go to default_root_dir/checkpoints
         path = Path(root) / CHECKPOINT_DIR / LAST_CHECKPOINT
+        if auto and (not path.is_file() or (Path(root) / FIT_COMPLETE).is_file()):
+            config["ckpt_path"] = None
+            _say("--ckpt_path auto: no interrupted run in %s: starting a new run", root)
+            return
         if not path.is_file():
             raise FileNotFoundError(f"--ckpt_path last: no {path}; nothing to resume")
         config["ckpt_path"] = str(path)
         return
-    path = find_last(save_dir, name, version)
+    path = find_last(save_dir, name, version, unfinished=auto)
+    if path is None and auto:
+        config["ckpt_path"] = None
+        _say("--ckpt_path auto: no interrupted run of %r in %s: starting a new run", name, save_dir)
+        return
     if path is None:
         where = Path(save_dir) / name / ("*" if version is None else str(version)) / CHECKPOINT_DIR / LAST_CHECKPOINT
         raise FileNotFoundError(
@@ -158,7 +188,7 @@ def resolve_last(config: Any) -> None:
     config["ckpt_path"] = str(path)
     if init is not None:
         init["version"] = path.parent.parent.name  # log into the resumed run's directory, not a new version_N
-    log.warning("--ckpt_path last: resuming %s (run directory %s)", path, path.parent.parent)
+    _say("--ckpt_path %s: resuming %s (run directory %s)", mode, path, path.parent.parent)
 
 
 def logger_init_args(logger: Any) -> Any | None:
@@ -171,3 +201,9 @@ def logger_init_args(logger: Any) -> Any | None:
     if init is None or "save_dir" not in init or "name" not in init:
         return None
     return init
+
+
+def _say(message: str, *args: Any) -> None:
+    """A warning-level line from global rank 0 only (every rank resolves the same resume point)."""
+    if _env_rank() == 0:
+        log.warning(message, *args)

@@ -9,6 +9,7 @@ then ``mean`` and ``std`` rows. ``summary.md``: mean ± std per metric and the p
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import re
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ser_lightning.runs.json_values import write_text_atomic
 from ser_lightning.runs.names import SUMMARY_STEM, TEST_METRICS, experiment_run
 
 RUN_DIR = re.compile(r"^fold(\d+)_seed(\d+)$")
@@ -77,18 +79,19 @@ def _metric_order(key: str) -> tuple[int, str]:
 
 
 def write_summary(out: str | Path, summary: dict[str, Any]) -> None:
-    """Write ``summary.json``, ``summary.csv`` and ``summary.md`` into ``out``."""
+    """Write ``summary.json``, ``summary.csv`` and ``summary.md`` into ``out`` (each atomically: array tasks race)."""
     out = Path(out)
-    (out / f"{SUMMARY_STEM}.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(out / f"{SUMMARY_STEM}.json", json.dumps(summary, indent=2) + "\n")
     keys = list(summary["metrics"])
-    with (out / f"{SUMMARY_STEM}.csv").open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["fold", "seed", "dir", *keys])
-        for run in summary["runs"]:
-            writer.writerow([run["fold"], run["seed"], run["dir"], *(_cell(run["metrics"].get(k)) for k in keys)])
-        for stat in ("mean", "std"):
-            writer.writerow([stat, "", "", *(_cell(summary["metrics"][k][stat]) for k in keys)])
-    (out / f"{SUMMARY_STEM}.md").write_text(_markdown(summary), encoding="utf-8")
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(["fold", "seed", "dir", *keys])
+    for run in summary["runs"]:
+        writer.writerow([run["fold"], run["seed"], run["dir"], *(_cell(run["metrics"].get(k)) for k in keys)])
+    for stat in ("mean", "std"):
+        writer.writerow([stat, "", "", *(_cell(summary["metrics"][k][stat]) for k in keys)])
+    write_text_atomic(out / f"{SUMMARY_STEM}.csv", table.getvalue())
+    write_text_atomic(out / f"{SUMMARY_STEM}.md", _markdown(summary))
 
 
 def _cell(value: float | None) -> str:

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from object_store import s3_store  # noqa: F401 (the s3_store fixture)
 from shard_fixtures import RATE, utterance, write_clips
 
 from ser_lightning.cli.index import main
@@ -234,3 +235,21 @@ def test_ser_index_rejects_duplicate_ids(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as err:
         main([str(tmp_path), "--quiet"])
     assert err.value.code == 2
+
+
+def test_an_index_of_remote_shards_equals_the_local_one_and_loads_from_the_store(shards, tmp_path, s3_store):  # noqa: F811
+    root, _ = shards
+    local_out, remote_out = tmp_path / "local", tmp_path / "remote"
+    url = s3_store.upload(root, "toy")
+    assert main([str(root), "--features", "acoustic", "--out", str(local_out), "--quiet"]) == 0
+    assert main([url, "--features", "acoustic", "--out", str(remote_out), "--quiet"]) == 0
+    assert json.loads((remote_out / "index.json").read_text()) == json.loads((local_out / "index.json").read_text())
+    with pytest.raises(SystemExit):  # a remote index needs a local --out
+        main([url, "--features", "acoustic", "--quiet"])
+    index_url = s3_store.upload(remote_out, "toy-dime")  # the index beside the shards, in the store
+    local, remote = DimeMixer(local_out, amount=0.5, seed=3), DimeMixer(index_url, amount=0.5, seed=3)
+    assert remote.total == local.total > 0
+    for n in range(local.total):
+        a, b = local.synthetic(0, n), remote.synthetic(0, n)
+        np.testing.assert_array_equal(a["audio"], b["audio"])
+        np.testing.assert_array_equal(a["target"], b["target"])

@@ -38,11 +38,11 @@ import numpy as np
 import soundfile as sf
 import torch
 import torchaudio
-import webdataset as wds
 from tqdm.auto import tqdm
 
 from ser_lightning.data.dime.maths import dime_amounts, minority_classes, nearest_neighbours, standardise
-from ser_lightning.data.shards.card import read_card
+from ser_lightning.data.shards import storage
+from ser_lightning.data.shards.card import iter_tar_samples, read_card
 from ser_lightning.labels import plurality
 
 logger = logging.getLogger(__name__)
@@ -159,15 +159,11 @@ def feature_matrix(rows: Sequence[Mapping[str, np.ndarray]], balance_blocks: boo
 # --------------------------------------------------------------------------------------------
 
 
-def _dataset(urls: list[str], json_only: bool) -> wds.WebDataset:
-    return wds.WebDataset(
-        urls,
-        shardshuffle=False,
-        nodesplitter=None,
-        workersplitter=None,
-        empty_check=False,
-        select_files=(lambda name: name.endswith(".json")) if json_only else None,
-    )
+def _dataset(urls: list[storage.Location], json_only: bool) -> Iterator[dict[str, Any]]:
+    """The samples of the shards in order (local or remote), as ``{"__key__", "json", "flac"}`` bytes."""
+    for url in urls:
+        for key, members in iter_tar_samples(url):
+            yield {"__key__": key, **({"json": members["json"]} if json_only else members)}
 
 
 def _label_counts(meta: Mapping[str, Any], label_source: str) -> list[float] | None:
@@ -228,11 +224,12 @@ def build_dime_index(
     encoder: Encoder | None = None,
     split: str = "train",
     progress: bool = False,
+    out_dir: str | os.PathLike[str] | None = None,
 ) -> Path:
-    """Build ``<shards_dir>/dime/`` (index and minority-class pool) for DiME-Aug.
+    """Build ``<shards_dir>/dime/`` (index and minority-class pool) for DiME-Aug, or ``out_dir``.
 
     Args:
-        shards_dir: a ``ser-prepare --out`` directory (``card.json`` and shards).
+        shards_dir: a ``ser-prepare --out`` directory (``card.json`` and shards), local or a remote prefix.
         label_source: which votes define the dominant class and the pooled targets.
         ratio: minority threshold relative to the majority class (the authors use 0.3).
         k: neighbours kept per minority utterance (the authors use 3).
@@ -240,11 +237,16 @@ def build_dime_index(
         encoder: frozen encoder callable for the ``"encoder"`` feature block.
         split: the split to index (the training split).
         progress: show progress bars.
+        out_dir: where the index goes (default ``<shards_dir>/dime``; required for remote shards). The DataModule
+            reads an index from a local directory or a remote prefix alike (``DimeMixer(index_dir=...)``).
 
     Returns:
-        The ``dime/`` directory.
+        The index directory.
     """
-    shards_dir = Path(shards_dir)
+    shards_dir = storage.as_location(shards_dir)
+    if out_dir is None and storage.is_remote(shards_dir):
+        raise ValueError(f"{shards_dir} is remote: give the index a local out_dir (ser-index --out DIR)")
+    out_dir = Path(out_dir) if out_dir is not None else Path(shards_dir) / "dime"
     config = features or FeatureConfig()
     card = read_card(shards_dir, label_source)
     classes: list[str] = list(card["classes"])
@@ -252,7 +254,7 @@ def build_dime_index(
     names = card.get("shards", {}).get(split) or []
     if not names:
         raise ValueError(f"card.json of {shards_dir} lists no {split!r} shards")
-    urls = [str(shards_dir / n) for n in names]
+    urls = [storage.join(shards_dir, n) for n in names]
     expected = (card.get("num_samples") or {}).get(split)
 
     # Pass 1: dominant class of every utterance.
@@ -279,7 +281,6 @@ def build_dime_index(
     wanted = {uid for uid, cls in dominant.items() if cls in minority_set}
 
     # Pass 2: features and audio of the minority-class utterances.
-    out_dir = shards_dir / "dime"
     out_dir.mkdir(parents=True, exist_ok=True)
     extractor = FeatureExtractor(config, encoder, sample_rate)
     pool_ids: list[str] = []

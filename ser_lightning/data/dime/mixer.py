@@ -7,6 +7,7 @@ of :mod:`ser_lightning.data.dime.maths` (Scaling Ambiguity, Sec. 2.3, Eq. 1-2).
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -19,6 +20,7 @@ import numpy as np
 
 from ser_lightning.data.dime.index import INDEX_FILE, INDEX_VERSION, POOL_AUDIO_FILE, POOL_OFFSETS_FILE
 from ser_lightning.data.dime.maths import choose_neighbour, dime_amounts, dime_mix
+from ser_lightning.data.shards import storage
 from ser_lightning.data.stream.pipeline import rank_world, worker_slot
 from ser_lightning.labels import entropy
 
@@ -67,11 +69,11 @@ class DimeMixer:
         label_source: str | None = None,
         real_per_epoch: int | None = None,
     ) -> None:
-        self.index_dir = Path(index_dir)
-        index_path = self.index_dir / INDEX_FILE
-        if not index_path.is_file():
+        self.index_dir = storage.as_location(index_dir)  # local, or under the shards' remote prefix
+        index_path = storage.join(self.index_dir, INDEX_FILE)
+        if not storage.exists(index_path):
             raise FileNotFoundError(f"no DiME index at {index_path}; build it with `ser-index SHARDS`")
-        index = json.loads(index_path.read_text())
+        index = json.loads(storage.read_text(index_path))
         if index.get("version") != INDEX_VERSION:
             raise ValueError(f"{index_path}: index version {index.get('version')}, expected {INDEX_VERSION}")
         if label_source is not None and label_source != index["label_source"]:
@@ -156,8 +158,8 @@ class DimeMixer:
 
     def _pool(self) -> tuple[np.ndarray, np.ndarray]:
         if self._audio is None or self._offsets is None:
-            self._audio = np.load(self.index_dir / POOL_AUDIO_FILE, mmap_mode="r")
-            self._offsets = np.load(self.index_dir / POOL_OFFSETS_FILE)
+            self._audio = _load_array(storage.join(self.index_dir, POOL_AUDIO_FILE), mmap=True)
+            self._offsets = _load_array(storage.join(self.index_dir, POOL_OFFSETS_FILE))
         return self._audio, self._offsets
 
     def _clip(self, p: int) -> np.ndarray:
@@ -241,3 +243,10 @@ class DimeMixer:
                 yield self.synthetic(epoch, queue.popleft()[1])
         for _, n in queue:  # the stream was shorter than expected
             yield self.synthetic(epoch, n)
+
+
+def _load_array(location: storage.Location, mmap: bool = False) -> np.ndarray:
+    """A ``.npy`` array: memory-mapped from a local file (``mmap``), read into memory from a remote one."""
+    if isinstance(location, Path):
+        return np.load(location, mmap_mode="r" if mmap else None)
+    return np.load(io.BytesIO(storage.read_bytes(location)))

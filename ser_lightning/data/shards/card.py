@@ -6,7 +6,6 @@ writes the directories read here.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import tarfile
@@ -17,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from ser_lightning.data.shards import storage
+from ser_lightning.data.shards.storage import Location
 from ser_lightning.labels import MERGED_RULE, plurality, quantile_edges, votes_to_distribution
 from ser_lightning.stats import vote_statistics
 
@@ -183,18 +184,18 @@ def sample_field(meta: dict[str, Any], field: str, source: str, where: str = "")
 # --------------------------------------------------------------------------------------------
 
 
-def read_card(shard_dir: str | Path, label_source: str | None = None) -> dict[str, Any]:
+def read_card(shard_dir: Location, label_source: str | None = None) -> dict[str, Any]:
     """The ``card.json`` of a shard directory, checked to list ``label_source`` when one is given.
 
     Raises:
         FileNotFoundError: the directory has no card (not written by ``ser-prepare``).
         ValueError: the card is not valid JSON or not a card, or ``label_source`` is not among its ``sources``.
     """
-    path = Path(shard_dir) / CARD_NAME
-    if not path.is_file():
+    path = storage.join(shard_dir, CARD_NAME)
+    if not storage.exists(path):
         raise FileNotFoundError(f"{path}: no shard card; is {shard_dir} a directory written by ser-prepare?")
     try:
-        card = json.loads(path.read_text(encoding="utf-8"))
+        card = json.loads(storage.read_text(path))
     except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
         raise ValueError(f"{path}: corrupt shard card ({err}); rewrite it with data.shards.refresh_card") from err
     if not isinstance(card, dict) or not isinstance(card.get("shards"), dict):
@@ -205,19 +206,30 @@ def read_card(shard_dir: str | Path, label_source: str | None = None) -> dict[st
     return card
 
 
-def shard_paths(shard_dir: str | Path, split: str | None = None, card: dict[str, Any] | None = None) -> list[Path]:
-    """The shard files the card lists, for one split or all (in split order); ``card``: already read."""
+def shard_paths(shard_dir: Location, split: str | None = None, card: dict[str, Any] | None = None) -> list[Location]:
+    """The shard files the card lists, for one split or all (in split order); ``card``: already read.
+
+    Paths for a local directory, URLs for a remote prefix (:func:`~ser_lightning.data.shards.storage.join`).
+    """
     card = read_card(shard_dir) if card is None else card
     splits = [split] if split is not None else list(card["shards"])
     if split is not None and split not in card["shards"]:
         raise KeyError(f"{shard_dir}: no split {split!r}; the card has {list(card['shards'])}")
-    return [Path(shard_dir) / name for s in splits for name in card["shards"][s]]
+    return [storage.join(shard_dir, name) for s in splits for name in card["shards"][s]]
 
 
-def _tar_meta(path: Path, sources: Sequence[str] = ()) -> Iterator[dict[str, Any]]:
+def open_tar(path: Location) -> tarfile.TarFile:
+    """A shard as a tar archive: a local file with random access, a remote one as a (retried) stream."""
+    location = storage.as_location(path)
+    if isinstance(location, Path):
+        return tarfile.open(location, "r:")
+    return tarfile.open(fileobj=storage.open_binary(location), mode="r|")
+
+
+def _tar_meta(path: Location, sources: Sequence[str] = ()) -> Iterator[dict[str, Any]]:
     """The JSON members of one shard, in order, without decoding any audio; ``sources``: label fields checked."""
     try:
-        with tarfile.open(path, "r:") as tar:
+        with open_tar(path) as tar:
             for member in tar:
                 if member.isfile() and member.name.endswith(".json"):
                     f = tar.extractfile(member)
@@ -234,13 +246,12 @@ def _tar_meta(path: Path, sources: Sequence[str] = ()) -> Iterator[dict[str, Any
         raise ValueError(f"{path}: damaged shard ({type(err).__name__}: {err}); see verify_shards") from err
 
 
-def iter_tar_samples(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+def iter_tar_samples(path: Location) -> Iterator[tuple[str, dict[str, bytes]]]:
     """``(key, {extension: member bytes})`` of each sample of a shard, in order, undecoded; a damaged tar is named."""
-    path = Path(path)
     key: str | None = None
     members: dict[str, bytes] = {}
     try:
-        with tarfile.open(path, "r:") as tar:
+        with open_tar(path) as tar:
             for member in tar:
                 if not member.isfile():
                     continue
@@ -259,10 +270,10 @@ def iter_tar_samples(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]
         yield key, members
 
 
-def read_durations(shard: str | Path, limit: int = 512) -> list[float]:
+def read_durations(shard: Location, limit: int = 512) -> list[float]:
     """``duration`` (seconds) from the JSON of the first ``limit`` samples of a shard, without decoding audio."""
     durations: list[float] = []
-    for meta in _tar_meta(Path(shard)):
+    for meta in _tar_meta(shard):
         if len(durations) >= limit:
             break
         if isinstance(meta.get("duration"), int | float) and meta["duration"] > 0:
@@ -271,7 +282,7 @@ def read_durations(shard: str | Path, limit: int = 512) -> list[float]:
 
 
 def iter_shard_meta(
-    shard_dir: str | Path, split: str | None = None, sources: Sequence[str] = ()
+    shard_dir: Location, split: str | None = None, sources: Sequence[str] = ()
 ) -> Iterator[dict[str, Any]]:
     """Yield the JSON dict of every sample (in shard order) without decoding any audio.
 
@@ -287,85 +298,6 @@ def iter_shard_meta(
         yield from _tar_meta(path, sources)
 
 
-# --------------------------------------------------------------------------------------------
-# Checking shards against the card
-# --------------------------------------------------------------------------------------------
-
-_BLOCK = 512  # tar block size; a complete archive ends with two zero blocks after its last member
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes (the card's ``shard_info[name]["sha256"]``)."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def scan_shard(path: str | Path) -> tuple[int, str | None]:
-    """``(samples, problem)`` of one shard: sample keys read, and why it is damaged (``None``: intact tar).
-
-    Reads the tar headers only. A cut at a member boundary leaves a readable tar without the end-of-archive
-    blocks; a cut inside a member leaves a member that runs past the end of the file.
-    """
-    path = Path(path)
-    size = path.stat().st_size
-    keys: set[str] = set()
-    end = 0
-    try:
-        with tarfile.open(path, "r:") as tar:
-            for member in tar:
-                end = member.offset_data + -(-member.size // _BLOCK) * _BLOCK
-                key = member.name.split("/")[-1].split(".", 1)[0]
-                if end > size:
-                    done = len(keys - {key})
-                    return done, f"cut inside member {member.name} after {done} complete samples"
-                if member.isfile():
-                    keys.add(key)
-    except (tarfile.TarError, EOFError) as err:
-        return len(keys), f"unreadable tar after {len(keys)} samples ({type(err).__name__}: {err})"
-    with path.open("rb") as f:
-        f.seek(end)
-        tail = f.read(2 * _BLOCK)
-    if len(tail) < 2 * _BLOCK or any(tail):
-        return len(keys), f"no end-of-archive marker after {len(keys)} samples (cut at a member boundary?)"
-    return len(keys), None
-
-
-def describe_shard(path: str | Path) -> dict[str, Any]:
-    """The card's ``shard_info`` entry of a shard file: ``{"samples": int, "sha256": str}``."""
-    samples, problem = scan_shard(path)
-    if problem is not None:
-        raise ValueError(f"{path}: {problem}")
-    return {"samples": samples, "sha256": file_sha256(path)}
-
-
-def verify_shards(shard_dir: str | Path, split: str, card: dict[str, Any] | None = None) -> list[str]:
-    """Re-read every shard of a split and say what is wrong with each damaged one (empty list: none is).
-
-    Each message names the shard file: missing, cut inside a member, cut at a member boundary (no
-    end-of-archive marker), a sample count or SHA-256 other than the card's ``shard_info`` (cards written
-    before ``shard_info`` existed are checked for the first three only).
-    """
-    card = read_card(shard_dir) if card is None else card
-    info = card.get("shard_info") or {}
-    problems = []
-    for path in shard_paths(shard_dir, split, card):
-        expected = info.get(path.name, {})
-        if not path.is_file():
-            problems.append(f"{path}: missing")
-            continue
-        samples, problem = scan_shard(path)
-        if problem is None and "samples" in expected and samples != expected["samples"]:
-            problem = f"holds {samples} samples, the card says {expected['samples']}"
-        if problem is None and "sha256" in expected and file_sha256(path) != expected["sha256"]:
-            problem = "SHA-256 differs from the card's (changed after preparation)"
-        if problem is not None:
-            problems.append(f"{path}: {problem}")
-    return problems
-
-
 def shard_dir_statistics(shard_dir: str | Path) -> dict[str, dict[str, Any]]:
     """The ``ser-stats`` statistics of a shard directory's primary votes: ``all`` and each split.
 
@@ -373,7 +305,7 @@ def shard_dir_statistics(shard_dir: str | Path) -> dict[str, dict[str, Any]]:
     """
     card = read_card(shard_dir)
     if "stats" not in card:
-        raise KeyError(f"{Path(shard_dir) / CARD_NAME}: card has no 'stats' (written by an older ser-prepare?)")
+        raise KeyError(f"{storage.join(shard_dir, CARD_NAME)}: card has no 'stats' (written by an older ser-prepare?)")
     return card["stats"]
 
 

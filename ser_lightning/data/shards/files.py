@@ -15,6 +15,7 @@ from typing import Any
 import webdataset as wds
 
 from ser_lightning.corpora.record import SPLIT_NAMES
+from ser_lightning.data.shards import storage
 from ser_lightning.data.shards.card import CARD_NAME, REJECTED_NAME
 
 logger = logging.getLogger(__name__)
@@ -30,8 +31,15 @@ def shard_tar_writer(fileobj: Any) -> wds.TarWriter:
 
 
 def write_card(shard_dir: str | Path, card: dict[str, Any]) -> None:
-    """Write ``card.json`` atomically (strict JSON, indented as every writer of a shard directory does)."""
-    write_text(Path(shard_dir) / CARD_NAME, json.dumps(card, indent=2, allow_nan=False) + "\n")
+    """Write ``card.json`` atomically (strict JSON, indented as every writer of a shard directory does).
+
+    A remote prefix (``refresh_card`` of shards in object storage) gets it in one upload.
+    """
+    text = json.dumps(card, indent=2, allow_nan=False) + "\n"
+    if storage.is_remote(shard_dir):
+        storage.write_bytes(storage.join(shard_dir, CARD_NAME), text.encode("utf-8"))
+    else:
+        write_text(Path(shard_dir) / CARD_NAME, text)
 
 
 def write_text(path: Path, text: str) -> None:

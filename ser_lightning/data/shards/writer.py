@@ -27,12 +27,12 @@ from ser_lightning.corpora.iemocap import CORPUS as IEMOCAP
 from ser_lightning.corpora.iemocap import session_from_id
 from ser_lightning.corpora.record import SPLIT_NAMES, ReadReport, UtteranceRecord
 from ser_lightning.data.audio_io import DEFAULT_MAX_DURATION, SILENCE_THRESHOLD, AudioChecks, ordered_map, process_audio
+from ser_lightning.data.shards import storage
 from ser_lightning.data.shards.card import (
     PRIMARY,
     REJECTED_NAME,
     build_card,
     common_sources,
-    describe_shard,
     iter_shard_meta,
     label_rules,
     null_label_counts,
@@ -46,6 +46,7 @@ from ser_lightning.data.shards.files import (
     write_card,
     write_text,
 )
+from ser_lightning.data.shards.verify import describe_shard
 from ser_lightning.labels import entropy, votes_to_distribution
 
 __all__ = [
@@ -350,11 +351,11 @@ def refresh_card(shard_dir: str | Path) -> dict[str, Any]:
     (no audio is decoded) and the card built by the same code as at writing time; the shard lists, the
     rejection count, the reader's counts and the label sources' rules (``label_rules``) are kept.
     """
-    shard_dir = Path(shard_dir)
+    shard_dir = storage.as_location(shard_dir)  # a local directory or a remote prefix
     old = read_card(shard_dir)
     splits = list(old["shards"])
     metas = {s: list(iter_shard_meta(shard_dir, s, sources=(PRIMARY,))) for s in splits}
-    shard_info = {name: describe_shard(shard_dir / name) for s in splits for name in old["shards"][s]}
+    shard_info = {name: describe_shard(storage.join(shard_dir, name)) for s in splits for name in old["shards"][s]}
     primary = {s: [m["votes"][PRIMARY] for m in metas[s]] for s in splits}
     sources = common_sources([m["votes"] for s in splits for m in metas[s]])
     card = build_card(

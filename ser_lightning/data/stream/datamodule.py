@@ -12,17 +12,17 @@ import dataclasses
 import logging
 import math
 import os
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
 from ser_lightning.data.shards.card import read_durations
+from ser_lightning.data.shards.storage import Location, RetryPolicy
 from ser_lightning.data.stream.assigned import AssignedStreamConfig
 from ser_lightning.data.stream.batching import Collate, expected_batch_size
-from ser_lightning.data.stream.loader import EpochDataLoader
+from ser_lightning.data.stream.loader import EpochDataLoader, ignore_stop_signals, train_position, trainer_epoch
 from ser_lightning.data.stream.pipeline import AugmentStage, EvalStream, StreamConfig, TrainStream, rank_world
 from ser_lightning.data.stream.stages import StageSets
 from ser_lightning.types import BatchTransform, DataFacts, EvalExpectation, SERModel
@@ -49,7 +49,9 @@ class SERDataModule(L.LightningDataModule):
     pass's expectation (:meth:`facts`) at its end.
 
     Args:
-        shards: directory with ``card.json`` and the ``{split}-NNNNNN.tar`` shards.
+        shards: directory with ``card.json`` and the ``{split}-NNNNNN.tar`` shards: a local path, or a URL
+            (``s3://bucket/prefix``, ``gs://bucket/prefix``, ``http(s)://host/prefix``; see
+            :mod:`ser_lightning.data.shards.storage` for credentials). Remote shards stream, never downloaded whole.
         label_source: vote source used as target: ``primary``, or ``merged`` (MSP-Podcast; refused from a card that
             does not record its rule, ``label_sources.merged.rule``: re-run ``ser-prepare``), or ``synthetic`` /
             ``combined`` (``ser-annotate merge``). Samples whose source is null (``synthetic`` without a valid
@@ -82,6 +84,14 @@ class SERDataModule(L.LightningDataModule):
             card's splits and ``val_split`` / ``test_split`` (``predict`` streams the assigned test set); bin edges,
             class counts, the train mean and the evaluation's expected counts come from one scan of the
             samples' JSON (:meth:`assigned`).
+        read_retries: tries of a remote read before the run stops naming the shard (exponential back-off from
+            0.5 s, up to 8 s between tries; a cut connection resumes where it stopped).
+        shard_cache: local directory caching remote shards read in full (repeated evaluation, multi-epoch
+            training); ``None``: no cache. A cached copy must match the card's SHA-256.
+        shard_cache_gb: the cache's size cap in GB (least recently used shards go first).
+        eval_split: ``auto`` (default): an evaluation split with at least ranks x workers shards is divided by
+            shard, each read once in all; a smaller one by sample, every (rank, worker) reading every shard.
+            ``shard`` / ``sample`` force one way. The same samples are scored either way.
     """
 
     def __init__(
@@ -105,6 +115,10 @@ class SERDataModule(L.LightningDataModule):
         augment: AugmentStage | None = None,
         allow_partial_eval: bool = False,
         split_assignment: str | None = None,
+        read_retries: int = 6,
+        shard_cache: str | None = None,
+        shard_cache_gb: float = 50.0,
+        eval_split: Literal["auto", "shard", "sample"] = "auto",
     ) -> None:
         super().__init__()
         _check_positive(sample_rate=sample_rate, max_batch_seconds=max_batch_seconds, max_batch_size=max_batch_size)
@@ -130,14 +144,20 @@ class SERDataModule(L.LightningDataModule):
         self.splits = {"val": val_split, "test": test_split, "predict": predict_split}
         self.augment = augment
         self.allow_partial_eval = allow_partial_eval
+        if read_retries < 1 or shard_cache_gb <= 0:
+            raise ValueError(f"read_retries must be >= 1 and shard_cache_gb > 0, got {read_retries}, {shard_cache_gb}")
+        self.retry = RetryPolicy(attempts=read_retries)
+        self.shard_cache = shard_cache
+        self.shard_cache_gb = shard_cache_gb
+        self.eval_split = eval_split
         self.tokenizer: Any | None = None
         self.batch_transform: BatchTransform | None = None
         self.stages = StageSets(shards, label_source, self.splits, split_assignment)
 
     # ---------------------------------------------------------------- card facts
     @property
-    def shards(self) -> Path:
-        """The shard directory (held by :attr:`stages`, the one place it is kept)."""
+    def shards(self) -> Location:
+        """The shard directory: a local path or a URL (held by :attr:`stages`, the one place it is kept)."""
         return self.stages.shards
 
     @property
@@ -315,8 +335,12 @@ class SERDataModule(L.LightningDataModule):
             seed=self.seed,
             augment=self.augment,
         )
-        position = self._train_position
-        return EpochDataLoader(dataset, epoch_fn=self._trainer_epoch, position_fn=position, **self._loader_kwargs())
+        return EpochDataLoader(
+            dataset,
+            epoch_fn=lambda: trainer_epoch(self.trainer),
+            position_fn=lambda: train_position(self.trainer),
+            **self._loader_kwargs(),
+        )
 
     def val_dataloader(self) -> DataLoader:
         """Every sample of ``val_split`` exactly once over ranks and workers."""
@@ -347,6 +371,8 @@ class SERDataModule(L.LightningDataModule):
             max_batch_size=self.max_batch_size,
             bucket_buffer=self.bucket_buffer,
             collate=Collate(self.label_source, self.tokenizer, self.max_text_length, self.batch_transform),
+            access=self.stages.shard_access(self.retry, self.shard_cache, int(self.shard_cache_gb * 1e9)),
+            eval_split=self.eval_split,
         )
         if self.split_assignment is None or stage is None:
             return config
@@ -354,27 +380,14 @@ class SERDataModule(L.LightningDataModule):
         return AssignedStreamConfig(**fields, keep=self.stages.assigned_keys(stage))
 
     def _loader_kwargs(self) -> dict[str, Any]:
-        return {"batch_size": None, "num_workers": self.num_workers, "pin_memory": torch.cuda.is_available()}
+        kwargs = {"batch_size": None, "num_workers": self.num_workers, "pin_memory": torch.cuda.is_available()}
+        return {**kwargs, "worker_init_fn": ignore_stop_signals} if self.num_workers else kwargs
 
     def _rank_world(self) -> tuple[int, int]:
         """(rank, world size): the trainer's when attached, else the process's (:func:`rank_world`)."""
         if self.trainer is not None:
             return self.trainer.global_rank, self.trainer.world_size
         return rank_world()
-
-    def _trainer_epoch(self) -> int | None:
-        # the epoch Lightning hands samplers: on resuming an end-of-epoch checkpoint current_epoch still lags by one
-        return None if self.trainer is None else self.trainer.fit_loop.epoch_progress.current.processed
-
-    def _train_position(self) -> tuple[int, int]:
-        """(epoch, its batches trained so far) where a resumed run's stream goes on; the next epoch once one ends."""
-        if self.trainer is None:
-            return 0, 0
-        loop = self.trainer.fit_loop
-        epoch = max(0, loop.epoch_progress.current.ready - 1)  # ready counts epochs started, at every save point
-        if loop.epoch_loop.batch_progress.is_last_batch:  # saved at the epoch's end (validation, epoch end hooks)
-            return epoch + 1, 0
-        return epoch, loop.epoch_loop.batch_progress.current.processed
 
 
 def _check_positive(**values: float) -> None:

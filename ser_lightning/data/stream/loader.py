@@ -1,11 +1,48 @@
-"""``EpochDataLoader``: the DataLoader of the training stream, which hands it the epoch and its resume point."""
+"""``EpochDataLoader``: the DataLoader of the training stream, which hands it the epoch and its resume point.
+
+Beside it: where the trainer's loops say a (resumed) stream stands, and the loader workers' signal policy.
+"""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from typing import Any
 
 from torch.utils.data import DataLoader
+
+# signals a whole job receives (Slurm's pre-emption notice USR1/USR2, the time limit's TERM, Ctrl-C's INT)
+WORKER_IGNORED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """``worker_init_fn`` of every loader: stop signals are the main process's to handle, not its workers'.
+
+    Slurm signals every process of a job step, and a terminal's Ctrl-C its whole process group: a worker killed by
+    the signal made the main process fail with a "DataLoader worker ... killed by signal" traceback per worker. The
+    main process saves ``last.ckpt`` and stops; it shuts its workers down (and they exit when it is gone).
+    """
+    for signum in WORKER_IGNORED_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def trainer_epoch(trainer: Any) -> int | None:
+    """The epoch Lightning hands samplers (``None`` without a trainer).
+
+    On resuming an end-of-epoch checkpoint ``current_epoch`` still lags by one; the processed count does not.
+    """
+    return None if trainer is None else trainer.fit_loop.epoch_progress.current.processed
+
+
+def train_position(trainer: Any) -> tuple[int, int]:
+    """(epoch, its batches trained so far) where a resumed run's stream goes on; the next epoch once one ends."""
+    if trainer is None:
+        return 0, 0
+    loop = trainer.fit_loop
+    epoch = max(0, loop.epoch_progress.current.ready - 1)  # ready counts epochs started, at every save point
+    if loop.epoch_loop.batch_progress.is_last_batch:  # saved at the epoch's end (validation, epoch end hooks)
+        return epoch + 1, 0
+    return epoch, loop.epoch_loop.batch_progress.current.processed
 
 
 # Lightning hands the epoch only to samplers, which an IterableDataset has none of; this loader does it

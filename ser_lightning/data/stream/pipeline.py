@@ -27,7 +27,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
 
@@ -35,11 +35,15 @@ import numpy as np
 import webdataset as wds
 from torch.utils.data import IterableDataset
 
+from ser_lightning.data.shards.storage import ByteCounter
 from ser_lightning.data.stream.batching import Collate, dynamic_batches
 from ser_lightning.data.stream.sample import Sample, decode_sample, transform_stage
+from ser_lightning.data.stream.shard_reader import ShardAccess, tar_samples
 from ser_lightning.data.stream.skips import SkipCounter
 
 log = logging.getLogger(__name__)
+
+EVAL_SPLITS = ("auto", "shard", "sample")
 
 
 class AugmentStage(Protocol):
@@ -138,6 +142,10 @@ class StreamConfig:
         max_batch_size: bound on clips per batch.
         bucket_buffer: samples sorted together by length before batching.
         collate: turns a list of samples into the batch dict (default: ``Collate(label_source)``).
+        access: how shards are read (retries, local cache); see :mod:`ser_lightning.data.stream.shard_reader`.
+        eval_split: how an evaluation divides the split over ranks and workers: ``shard`` (each shard read once
+            in all), ``sample`` (every slot reads every shard and keeps its share), or ``auto``: ``shard`` when
+            the split has at least as many shards as ranks x workers.
 
     The defaults are the DataModule's.
     """
@@ -150,10 +158,18 @@ class StreamConfig:
     max_batch_size: int = 32
     bucket_buffer: int = 256
     collate: Collate | None = None
+    access: ShardAccess = field(default_factory=ShardAccess)
+    eval_split: str = "auto"
 
     def __post_init__(self) -> None:
         if self.collate is None:
             self.collate = Collate(self.label_source)
+        if self.eval_split not in EVAL_SPLITS:
+            raise ValueError(f"eval_split must be one of {EVAL_SPLITS}, got {self.eval_split!r}")
+
+    def tar_stage(self, handler: SkipCounter, counter: ByteCounter | None = None) -> Any:
+        """Shard records -> samples, read through :attr:`access` (bytes into ``counter``, skips to ``handler``)."""
+        return partial(tar_samples, access=self.access, counter=counter, handler=handler)
 
     def decode_stage(self, handler: SkipCounter) -> Callable[[Iterable[Sample]], Iterator[Sample]]:
         """:func:`decode_sample` with this config's label source and class count; bad samples go to ``handler``."""
@@ -266,7 +282,7 @@ class TrainStream(IterableDataset):
         cfg = self.config
         stages: list[Any] = [
             partial(shard_cycle, self.urls, self.seed, self.epoch, slot, slots),
-            wds.tarfile_to_samples(handler=skips),
+            cfg.tar_stage(skips),
             wds.slice(group.index(slot), None, len(group)),
         ]
         if self.shuffle_buffer > 0:
@@ -284,13 +300,16 @@ class TrainStream(IterableDataset):
 class EvalStream(IterableDataset):
     """Every sample of a split exactly once over all ranks and workers, in collated batches, skips accounted.
 
-    Each (rank, worker) reads all shards in card order and keeps sample ``i`` when
-    ``i % world_size == rank`` and ``(i // world_size) % num_workers == worker``: the split is by sample,
-    so it holds for splits with fewer shards than ranks x workers, and samples go to ranks first, so every
-    rank has data as soon as the split has ``world_size`` samples. Ranks may get different numbers of
-    batches; nothing is padded or repeated. Every batch has ``skipped``: the :func:`skip_record` of each
-    sample or shard this worker skipped since its previous batch; skips left after the last batch come
-    in one more batch ``{"ids": [], "skipped": [...]}`` without samples.
+    By shard (``eval_split`` ``shard``, or ``auto`` with at least ranks x workers shards): slot
+    ``worker x world_size + rank`` reads shards ``slot, slot + slots, ...`` whole, so each shard is read once in
+    all (the egress of a remote split is its size). By sample (otherwise): each (rank, worker) reads all shards
+    in card order and keeps sample ``i`` when ``i % world_size == rank`` and ``(i // world_size) % num_workers ==
+    worker``, which holds for splits with fewer shards than ranks x workers, and samples go to ranks first, so
+    every rank has data as soon as the split has ``world_size`` samples. Either way the same samples are scored
+    once; ranks may get different numbers of batches; nothing is padded or repeated. Every batch has
+    ``skipped`` (the :func:`skip_record` of each sample or shard this worker skipped since its previous batch)
+    and ``read_bytes`` (bytes this worker read from the shards since then); what is left after the last batch
+    comes in one more batch ``{"ids": [], "skipped": [...], "read_bytes": n}`` without samples.
 
     Args:
         urls: the split's shard paths in a fixed order.
@@ -305,26 +324,29 @@ class EvalStream(IterableDataset):
         self.config = config
         self.rank, self.world_size = rank, world_size
 
+    def by_shard(self, slots: int) -> bool:
+        """Whether ``slots`` (ranks x workers) split this split by shard rather than by sample."""
+        mode = self.config.eval_split
+        return mode == "shard" or (mode == "auto" and len(self.urls) >= slots)
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker, _, _, slots = worker_slot(self.rank, self.world_size)
         slot = worker * self.world_size + self.rank  # rank-major: sample i -> rank i % world_size
         skips = SkipCounter(max_consecutive=math.inf, keep=True)  # a finite stream: skip whatever is bad, count it
+        counter = ByteCounter()
         cfg = self.config
-        pipeline = wds.DataPipeline(
-            wds.SimpleShardList(self.urls),
-            wds.tarfile_to_samples(handler=skips),
-            wds.slice(slot, None, slots),  # by sample, not by shard: a 1-shard split still feeds every rank
-            cfg.decode_stage(skips),
-            cfg.transform_stage(None),
-            cfg.batch_stage(None),
-            wds.map(cfg.collate),
-        )
-        for batch in pipeline:
+        if self.by_shard(slots):
+            stages: list[Any] = [wds.SimpleShardList(self.urls[slot::slots]), cfg.tar_stage(skips, counter)]
+        else:  # by sample, not by shard: a 1-shard split still feeds every rank
+            stages = [wds.SimpleShardList(self.urls), cfg.tar_stage(skips, counter), wds.slice(slot, None, slots)]
+        stages += [cfg.decode_stage(skips), cfg.transform_stage(None), cfg.batch_stage(None), wds.map(cfg.collate)]
+        for batch in wds.DataPipeline(*stages):
             batch["skipped"] = skips.drain()
+            batch["read_bytes"] = counter.drain()
             yield batch
-        left = skips.drain()
-        if left:  # a worker whose last samples were all skipped still reports them
-            yield {"ids": [], "skipped": left}
+        left, read = skips.drain(), counter.drain()
+        if left or read:  # a worker whose last samples were all skipped still reports them, and its last bytes
+            yield {"ids": [], "skipped": left, "read_bytes": read}
         bad = skips.count - skips.null
         if bad:
             log.warning("rank %d worker slot %d skipped %d bad samples or shards", self.rank, slot, bad)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import re
 
+from ser_lightning.data.shards.storage import ShardReadError
+
 log = logging.getLogger("ser_lightning.data.stream.pipeline")
 
 
@@ -75,7 +77,9 @@ class SkipCounter:
         self.records: list[dict[str, str | None]] = []
 
     def __call__(self, exn: BaseException) -> bool:
-        """Log and count ``exn``; return ``True`` so the pipeline continues."""
+        """Log and count ``exn``; ``True``: the pipeline continues (a shard unreadable after retries raises)."""
+        if isinstance(exn, ShardReadError):
+            raise exn  # a network failure is no damaged shard: never a silently shorter epoch or evaluation
         self.count += 1
         if self.keep:
             self.records.append(skip_record(exn))

@@ -10,19 +10,15 @@ mean distribution that the model receives.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
-from ser_lightning.data.shards.card import (
-    CARD_NAME,
-    check_label_rule,
-    iter_shard_meta,
-    label_source_stats,
-    read_card,
-    verify_shards,
-)
+from ser_lightning.data.shards import storage
+from ser_lightning.data.shards.card import CARD_NAME, check_label_rule, iter_shard_meta, label_source_stats, read_card
+from ser_lightning.data.shards.storage import Location, RetryPolicy
+from ser_lightning.data.shards.verify import verify_shards
 from ser_lightning.data.shards.writer import sample_key
 from ser_lightning.data.stream.assigned import read_assignment, scan_assignment
+from ser_lightning.data.stream.shard_reader import ShardAccess
 from ser_lightning.types import EvalExpectation
 
 log = logging.getLogger(__name__)
@@ -39,9 +35,9 @@ class StageSets:
     """
 
     def __init__(
-        self, shards: str | Path, label_source: str, splits: dict[str, str], split_assignment: str | None = None
+        self, shards: Location, label_source: str, splits: dict[str, str], split_assignment: str | None = None
     ) -> None:
-        self.shards = Path(shards)
+        self.shards = storage.as_location(shards)  # a local Path, or a URL (s3://, gs://, http(s)://)
         self.label_source = label_source
         self.splits = splits  # the DataModule's own dict: a change there (e.g. a test's) is seen here
         self.split_assignment = split_assignment
@@ -55,7 +51,8 @@ class StageSets:
         """The shard directory's ``card.json``, read once, checked to list ``label_source`` (and ``merged``'s rule)."""
         if self._card is None:
             card = read_card(self.shards, self.label_source)
-            check_label_rule(card, self.label_source, self.shards / CARD_NAME)  # an old-rule merged: re-run ser-prepare
+            where = storage.join(self.shards, CARD_NAME)
+            check_label_rule(card, self.label_source, where)  # an old-rule merged: re-run ser-prepare
             self._card = card
         return self._card
 
@@ -85,8 +82,9 @@ class StageSets:
         names = self.card.get("shards", {}).get(split)
         if not names:
             known = ", ".join(sorted(self.card.get("shards", {}))) or "none"
-            raise ValueError(f"split {split!r} has no shards in {self.shards / CARD_NAME} (splits: {known})")
-        return [str(self.shards / name) for name in names]
+            where = storage.join(self.shards, CARD_NAME)
+            raise ValueError(f"split {split!r} has no shards in {where} (splits: {known})")
+        return [str(storage.join(self.shards, name)) for name in names]
 
     def num_samples(self, split: str) -> int:
         """Number of samples of ``split`` according to the card."""
@@ -96,8 +94,14 @@ class StageSets:
         """Samples of ``split`` whose label source is null (the card's ``null_labels``): the streams skip them."""
         return int(self.card.get("null_labels", {}).get(self.label_source, {}).get(split, 0))
 
+    def shard_access(self, retry: RetryPolicy, cache_dir: str | None, cache_max_bytes: int) -> ShardAccess:
+        """How the streams read these shards: ``retry``, the cache, and the card's checksums (a cached copy's check)."""
+        info = self.card.get("shard_info") or {}
+        checksums = {str(storage.join(self.shards, n)): e["sha256"] for n, e in info.items() if "sha256" in e}
+        return ShardAccess(retry, cache_dir, cache_max_bytes, checksums)
+
     def damaged_shards(self, split: str) -> list[str]:
-        """One message per damaged shard of ``split`` (see :func:`~ser_lightning.data.shards.card.verify_shards`).
+        """One message per damaged shard of ``split`` (see :func:`~ser_lightning.data.shards.verify.verify_shards`).
 
         An assigned set (``split_assignment``) is read from every split's shards: all of them are checked.
         """

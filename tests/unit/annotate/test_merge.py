@@ -11,7 +11,7 @@ from shard_fixtures import write_test_shards
 
 from ser_lightning.annotate.merge import merge_store
 from ser_lightning.data.shards import iter_shard_meta, read_card, refresh_card
-from ser_lightning.data.shards.card import file_sha256, verify_shards
+from ser_lightning.data.shards.verify import file_sha256, verify_shards
 from ser_lightning.data.stream.datamodule import SERDataModule
 
 CLASSES = ["Anger", "Happiness", "Neutral", "Sadness"]

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from jsonargparse import Namespace
 
-from ser_lightning.runs.run_dirs import STAGE_DIR_ENV, first_free, place_stage_outputs, run_directory
+from ser_lightning.runs.names import FIT_COMPLETE
+from ser_lightning.runs.run_dirs import (
+    STAGE_DIR_ENV,
+    find_last,
+    first_free,
+    mark_fit_complete,
+    place_stage_outputs,
+    resolve_last,
+    run_directory,
+)
 
 TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
 
@@ -80,3 +90,41 @@ def test_a_launched_rank_takes_rank_zeros_choice(tmp_path, monkeypatch):
     assert place_stage_outputs("predict", config(str(ckpt))) == ckpt.parent.parent / "predict-0"  # other stage
     monkeypatch.setenv("LOCAL_RANK", "0")  # rank 0 of a second run picks afresh
     assert place_stage_outputs("test", config(str(ckpt))) == ckpt.parent.parent / "test-1"
+
+
+def _run(root: Path, version: str, finished: bool) -> Path:
+    last = root / "name" / version / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"x")
+    if finished:
+        mark_fit_complete(last.parent.parent, epochs=3, global_step=30)
+    return last
+
+
+def _fit_config(root: Path, ckpt_path: str) -> Namespace:
+    init = Namespace(save_dir=str(root), name="name", version=None)
+    logger = Namespace(class_path=TENSORBOARD, init_args=init)
+    return Namespace(ckpt_path=ckpt_path, trainer=Namespace(logger=logger, default_root_dir=None),
+                     checkpoint=Namespace(dirpath=None))  # fmt: skip
+
+
+def test_ckpt_path_auto_resumes_an_interrupted_run_and_skips_finished_ones(tmp_path):
+    config = _fit_config(tmp_path, "auto")
+    resolve_last(config)
+    assert config["ckpt_path"] is None  # nothing to resume: a new run
+    interrupted = _run(tmp_path, "version_0", finished=False)
+    _run(tmp_path, "version_1", finished=True)  # newer, but its fit finished
+    config = _fit_config(tmp_path, "auto")
+    resolve_last(config)
+    assert config["ckpt_path"] == str(interrupted)
+    assert config["trainer.logger.init_args.version"] == "version_0"  # resumed in its own directory
+    assert json.loads((tmp_path / "name" / "version_1" / FIT_COMPLETE).read_text())["global_step"] == 30
+    config = _fit_config(tmp_path, "last")  # last: the newest last.ckpt, finished or not
+    resolve_last(config)
+    assert config["ckpt_path"].endswith("version_1/checkpoints/last.ckpt")
+
+
+def test_ckpt_path_last_without_a_checkpoint_still_refuses(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        resolve_last(_fit_config(tmp_path, "last"))
+    assert find_last(tmp_path, "name", unfinished=True) is None

@@ -12,13 +12,8 @@ import numpy as np
 import pytest
 from shard_fixtures import tone, utterance, write_clips
 
-from ser_lightning.data.shards.card import (
-    describe_shard,
-    iter_shard_meta,
-    label_source_stats,
-    read_card,
-    verify_shards,
-)
+from ser_lightning.data.shards.card import iter_shard_meta, label_source_stats, read_card
+from ser_lightning.data.shards.verify import describe_shard, verify_shards
 from ser_lightning.data.shards.writer import refresh_card
 
 VOTES = {

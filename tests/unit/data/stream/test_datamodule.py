@@ -122,7 +122,7 @@ def test_datamodule_batches_with_tokenizer_from_connect(shard_dir, tiny_tokenize
     batch = batches[0]
     expected = {"audio", "audio_mask", "targets", "votes", "entropy", "vad", "ids", "transcripts", "speakers"}
     expected |= {"augmented", "consensus"}
-    assert set(batch) == expected | {"text_input_ids", "text_attention_mask", "skipped"}
+    assert set(batch) == expected | {"text_input_ids", "text_attention_mask", "skipped", "read_bytes"}
     assert batch["skipped"] == []  # what the stream skipped since the previous batch: nothing here
     assert batch["text_input_ids"].shape == (len(batch["ids"]), 3)  # truncated to max_text_length
     assert batch["text_input_ids"][0].tolist() == tiny_tokenizer(batch["transcripts"][0])["input_ids"][:3]

@@ -37,7 +37,7 @@ def _raw(audio_bytes, meta=None, key="a_1"):
     return {"__key__": key, "__url__": "x.tar", "flac": audio_bytes, "json": json.dumps(meta).encode()}
 
 
-def _config(sample_rate=RATE, crop_seconds=None, max_batch_seconds=4.0, max_batch_size=4):
+def _config(sample_rate=RATE, crop_seconds=None, max_batch_seconds=4.0, max_batch_size=4, eval_split="auto"):
     return StreamConfig(
         num_classes=len(CLASSES),
         sample_rate=sample_rate,
@@ -45,6 +45,7 @@ def _config(sample_rate=RATE, crop_seconds=None, max_batch_seconds=4.0, max_batc
         max_batch_seconds=max_batch_seconds,
         max_batch_size=max_batch_size,
         bucket_buffer=8,
+        eval_split=eval_split,
     )
 
 
@@ -194,8 +195,8 @@ def test_eval_stream_skips_and_counts_undecodable_samples(make_shards, caplog):
 def test_eval_batches_carry_each_skip_once_and_a_worker_left_with_skips_still_delivers_them(make_shards):
     shards = make_shards({"val": [3, 1]}, corrupt=["val.0001", "val.0003"])
     paths = _paths(shards, "val")
-    # two ranks: rank 1 gets val.0001 and val.0003 only, both undecodable, so it yields one batch of no samples
-    by_rank = [list(EvalStream(paths, _config(), rank=r, world_size=2)) for r in (0, 1)]
+    # two ranks split by sample: rank 1 gets val.0001 and val.0003 only, both undecodable: one batch of no samples
+    by_rank = [list(EvalStream(paths, _config(eval_split="sample"), rank=r, world_size=2)) for r in (0, 1)]
     assert [i for b in by_rank[0] for i in b["ids"]] == ["val.0000", "val.0002"]
     assert [b["skipped"] for b in by_rank[0]] == [[]]
     (only,) = by_rank[1]
@@ -206,6 +207,29 @@ def test_eval_batches_carry_each_skip_once_and_a_worker_left_with_skips_still_de
         ("val_0003", "val-000001.tar"),
     ]
     assert all(r["reason"] for r in only["skipped"])
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_eval_by_shard_and_by_sample_score_the_same_samples_once_and_by_shard_reads_each_shard_once(make_shards, world):
+    shards = make_shards({"val": [3, 2, 4, 1]})
+    paths = _paths(shards, "val")
+    sizes = sum(Path(p).stat().st_size for p in paths)
+    seen = {}
+    for mode in ("shard", "sample"):
+        runs = [list(EvalStream(paths, _config(eval_split=mode), rank=r, world_size=world)) for r in range(world)]
+        ids = [i for batches in runs for b in batches for i in b["ids"]]
+        assert len(ids) == len(set(ids)) == 10  # every sample exactly once over the ranks
+        seen[mode] = (sorted(ids), sum(b["read_bytes"] for batches in runs for b in batches))
+        stream = EvalStream(paths, _config(eval_split="auto"), world_size=world)
+        assert stream.by_shard(world) == (len(paths) >= world)
+    assert seen["shard"][0] == seen["sample"][0]
+    assert seen["shard"][1] == sizes  # by shard: each shard's bytes once in all
+    assert seen["sample"][1] == world * sizes  # by sample: every rank reads every shard
+
+
+def test_a_bad_eval_split_is_refused():
+    with pytest.raises(ValueError, match="eval_split"):
+        _config(eval_split="rows")
 
 
 def test_eval_stream_names_the_shard_of_a_tar_cut_inside_a_member(make_shards):
