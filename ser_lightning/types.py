@@ -45,6 +45,7 @@ class Batch(TypedDict):
     # labelled samples only (ser-predict's raw audio has none)
     targets: NotRequired[Tensor]  # (B, C) float32 target distributions of the label source
     votes: NotRequired[Tensor]  # (B, C) float32 vote counts of the label source, NaN where a sample has none
+    primary_votes: NotRequired[Tensor]  # (B, C) float32 primary vote counts, NaN where none (a DiME mix)
     entropy: NotRequired[Tensor]  # (B,) float64 stored target entropy in nats (what the ambiguity bins use)
     # with a text tokenizer
     text_input_ids: NotRequired[Tensor]  # (B, L) long

@@ -5,6 +5,8 @@
 log-probabilities (paper Sec. 4.2.2: best-of-N keeps the beam with the "highest cumulative log probabilities";
 Eq. 3 weights the beams by a softmax over the alpha_b). :func:`next_token_distribution` reads the next token's
 probabilities over a few token ids from one forward, without generating (the issue's ``exact`` strategy).
+:func:`continuation_log_likelihoods` scores whole token sequences as the answer's start, teacher-forced on the
+prompts' key-value cache (the annotator's ``exact`` mode: every token of a class name counts, not only its first).
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["Candidates", "generate_candidates", "generation_config", "next_token_distribution", "on_model"]
+__all__ = [
+    "Candidates",
+    "continuation_log_likelihoods",
+    "generate_candidates",
+    "generation_config",
+    "next_token_distribution",
+    "on_model",
+]
 
 
 @dataclass
@@ -170,3 +179,74 @@ def next_token_distribution(model: Any, inputs: Mapping[str, Tensor], token_ids:
         model.train(was_training)
     probs = torch.softmax(logits.double(), dim=-1)[:, ids]
     return (probs / probs.sum(dim=-1, keepdim=True)).cpu()
+
+
+def _prompt_positions(inputs: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], Tensor]:
+    """The model's keyword inputs with position ids counted from each left-padded prompt's first real token."""
+    kwargs = dict(inputs)
+    mask = kwargs["attention_mask"]
+    if "position_ids" not in kwargs:
+        kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    return kwargs, mask
+
+
+def _forwards(sequences: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
+    """The continuations to feed: each multi-token sequence but its last token, less those another one extends."""
+    needed = {tuple(s[:-1]) for s in sequences if len(s) > 1}
+    return sorted(p for p in needed if not any(len(q) > len(p) and q[: len(p)] == p for q in needed))
+
+
+def continuation_log_likelihoods(
+    model: Any, inputs: Mapping[str, Tensor], sequences: Sequence[Sequence[int]], temperatures: Sequence[float]
+) -> Tensor:
+    """``(N, M)`` float64: log P(the answer starts with ``sequences[j]``) per left-padded prompt, summed over tokens.
+
+    Each token's probability is ``softmax(logits / T_row)`` (the distribution sampling at that temperature draws
+    from). One forward of the prompts keeps their key-value cache; each distinct continuation (a sequence minus its
+    last token, unless a longer one contains it) is then one short batched forward on that cache, cropped after.
+    Single-token sequences need only the prompt forward.
+    """
+    seqs = [tuple(int(t) for t in s) for s in sequences]
+    if not seqs or any(not s for s in seqs):
+        raise ValueError("sequences must be non-empty token sequences")
+    temps = torch.tensor([float(t) for t in temperatures], dtype=torch.float64)
+    if temps.numel() != inputs["input_ids"].shape[0] or bool((temps <= 0).any()):
+        raise ValueError(f"need one positive temperature per prompt, got {list(temperatures)}")
+    _left_padded(inputs)
+    kwargs, mask = _prompt_positions(inputs)
+    feeds = _forwards(seqs)
+    owner = {j: next(i for i, f in enumerate(feeds) if f[: len(s) - 1] == s[:-1]) for j, s in enumerate(seqs)
+             if len(s) > 1}  # fmt: skip
+    was_training = bool(getattr(model, "training", False))
+    model.eval()
+    try:
+        with torch.inference_mode():
+            out = model(**kwargs, use_cache=True)
+            temps = temps.to(out.logits.device)
+            first = torch.log_softmax(out.logits[:, -1].double() / temps[:, None], dim=-1)
+            scores = torch.stack([first[:, s[0]] for s in seqs], dim=1)
+            cache = getattr(out, "cache", None)
+            cache = getattr(out, "past_key_values", None) if cache is None else cache
+            for i, feed in enumerate(feeds):
+                logp = _continuation_log_probs(model, cache, mask, feed, temps)
+                for j, s in enumerate(seqs):
+                    if owner.get(j) == i:
+                        steps = torch.arange(len(s) - 1, device=logp.device)
+                        scores[:, j] += logp[:, steps, torch.tensor(s[1:], device=logp.device)].sum(-1)
+    finally:
+        model.train(was_training)
+    return scores.cpu()
+
+
+def _continuation_log_probs(model: Any, cache: Any, mask: Tensor, feed: tuple[int, ...], temps: Tensor) -> Tensor:
+    """``(N, len(feed), V)`` next-token log-probabilities after each token of ``feed`` (the cache is left as it was)."""
+    rows, steps = mask.shape[0], len(feed)
+    before = None if cache is None else cache.get_seq_length()
+    ids = torch.tensor(feed, dtype=torch.long, device=mask.device).expand(rows, steps)
+    full_mask = torch.cat([mask, torch.ones(rows, steps, dtype=mask.dtype, device=mask.device)], dim=1)
+    positions = mask.long().sum(-1, keepdim=True) + torch.arange(steps, device=mask.device)
+    logits = model(input_ids=ids, attention_mask=full_mask, position_ids=positions, cache=cache, use_cache=True).logits
+    if before != mask.shape[1] or cache.get_seq_length() != before + steps:
+        raise RuntimeError("the model did not extend the prompts' key-value cache: continuation scores would be wrong")
+    cache.crop(-steps)
+    return torch.log_softmax(logits.double() / temps[:, None, None], dim=-1)

@@ -3,8 +3,11 @@
 ``mode="sample"`` asks like the API does: Table 1's prompt and the clip through the chat template, a few tokens
 sampled from ``softmax(logits / T)`` (pure temperature sampling: no top-k / top-p / repetition penalty from the hub's
 generation config), the text parsed. ``mode="exact"`` (beyond the paper) reads the distribution those samples
-estimate: the first answer token's probabilities over the class names' first tokens, ``softmax(logits / T)``
-restricted to them and renormalised, label = its argmax.
+estimate: for each class, the probability that the answer starts with one of its written forms
+(:data:`ANSWER_FORMS`: cased, lowercase, capitalised, after a space, markdown bold), every token of the form
+teacher-forced at ``softmax(logits / T)``; the forms' probabilities add up (log-sum-exp) to the class's, and the
+classes' are renormalised to sum to 1, label = the argmax. A prefix such as "Ang" is no class: "Anger" counts only
+with all its tokens.
 
 Sampling is seeded per request from ``(seed, uid, k)``, one generator per row: a re-run asks the same question and
 gets the same answer, and an answer does not depend on the batch it was in (up to float rounding of the logits,
@@ -13,6 +16,7 @@ which can flip a draw that falls on a boundary between two tokens; best effort, 
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,11 +27,21 @@ from torch import Tensor
 from transformers import LogitsProcessor
 
 from ser_lightning.alm.annotator import AnnotationAnswer, AnnotationRequest, request_seed
-from ser_lightning.alm.generation import on_model
+from ser_lightning.alm.generation import continuation_log_likelihoods, on_model
 from ser_lightning.alm.parsing import parse_label
 from ser_lightning.alm.prompts import annotation_conversation, chat_inputs, clip_at_rate
 
-__all__ = ["Qwen2AudioAnnotator", "SeededSampler", "class_first_tokens", "request_seed"]
+__all__ = [
+    "ANSWER_FORMS",
+    "Qwen2AudioAnnotator",
+    "SeededSampler",
+    "class_answer_sequences",
+    "class_first_tokens",
+    "request_seed",
+]
+
+# How an answer may write a class name (exact mode): {name} as the card spells it, {lower} and {title} cased so.
+ANSWER_FORMS = ("{name}", "{lower}", "{title}", " {name}", " {lower}", " {title}", "**{name}**", "**{title}**")
 
 
 def class_first_tokens(tokenizer: Any, classes: Sequence[str]) -> list[int]:
@@ -49,6 +63,35 @@ def class_first_tokens(tokenizer: Any, classes: Sequence[str]) -> list[int]:
             "(e.g. in the shards' card) or use mode='sample'"
         )
     return ids
+
+
+def class_answer_sequences(tokenizer: Any, classes: Sequence[str]) -> list[list[tuple[int, ...]]]:
+    """Per class, the distinct token sequences of its :data:`ANSWER_FORMS`, for exact mode's sequence scores.
+
+    Forms with the unknown token are dropped, and so is a form that another form of its class starts (its
+    probability is already in the shorter one's). Refused: a class with no form left, and a form of one class
+    that starts a form of another (an answer could not be told apart).
+    """
+    unk = getattr(tokenizer, "unk_token_id", None)
+    out: list[list[tuple[int, ...]]] = []
+    for name in classes:
+        texts = dict.fromkeys(f.format(name=name, lower=name.lower(), title=name.capitalize()) for f in ANSWER_FORMS)
+        seqs = list(dict.fromkeys(tuple(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts))
+        seqs = [s for s in seqs if s and (unk is None or unk not in s)]
+        out.append([s for s in seqs if not any(len(o) < len(s) and s[: len(o)] == o for o in seqs)])
+    bad = [c for c, seqs in zip(classes, out, strict=True) if not seqs]
+    if bad:
+        raise ValueError(
+            f"exact mode: class names {bad} tokenise only with the unknown token; the vocabulary lacks them"
+        )
+    for i, j in itertools.permutations(range(len(classes)), 2):
+        for a, b in itertools.product(out[i], out[j]):
+            if b[: len(a)] == a:
+                raise ValueError(
+                    f"exact mode needs class names whose answers differ: {tokenizer.decode(a)!r} ({classes[i]}) "
+                    f"starts {tokenizer.decode(b)!r} ({classes[j]}); rename the classes or use mode='sample'"
+                )
+    return out
 
 
 class SeededSampler(LogitsProcessor):
@@ -81,7 +124,7 @@ class Qwen2AudioAnnotator:
 
     Args:
         model: the backbone, a hub id (``Qwen/Qwen2-Audio-7B-Instruct``) or a local directory (offline).
-        mode: ``"sample"`` (generated text, parsed) or ``"exact"`` (first-token class probabilities).
+        mode: ``"sample"`` (generated text, parsed) or ``"exact"`` (class probabilities of whole class names).
         seed: run seed; each request draws from ``(seed, uid, k)``.
         max_new_tokens: answer length in sample mode (a class name is a few tokens).
         batch_size: requests per forward (``max_batch``).
@@ -128,7 +171,7 @@ class Qwen2AudioAnnotator:
         if str(device) == "cpu" or next(self.net.parameters()).device.type == "cpu":
             self.net.to(self.device)
         self.sampling_rate = int(self.processor.feature_extractor.sampling_rate)
-        self._first_tokens: dict[tuple[str, ...], list[int]] = {}
+        self._sequences: dict[tuple[str, ...], list[list[tuple[int, ...]]]] = {}
 
     # -- inputs ------------------------------------------------------------------------------------------------
     def _inputs(self, requests: Sequence[AnnotationRequest]) -> Any:
@@ -146,12 +189,12 @@ class Qwen2AudioAnnotator:
 
         return generation_config(self.processor.tokenizer, max_new_tokens, **extra)
 
-    def _class_ids(self, classes: Sequence[str]) -> list[int]:
-        """The classes' first token ids, checked once per class tuple."""
+    def _class_sequences(self, classes: Sequence[str]) -> list[list[tuple[int, ...]]]:
+        """The classes' answer token sequences (:func:`class_answer_sequences`), checked once per class tuple."""
         key = tuple(classes)
-        if key not in self._first_tokens:
-            self._first_tokens[key] = class_first_tokens(self.processor.tokenizer, key)
-        return self._first_tokens[key]
+        if key not in self._sequences:
+            self._sequences[key] = class_answer_sequences(self.processor.tokenizer, key)
+        return self._sequences[key]
 
     # -- modes -------------------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -177,21 +220,34 @@ class Qwen2AudioAnnotator:
     @torch.inference_mode()
     def _exact(self, requests: Sequence[AnnotationRequest]) -> list[AnnotationAnswer]:
         inputs = self._inputs(requests)
-        config = self._generation_config(1, output_logits=True, return_dict_in_generate=True)
-        out = self.net.generate(**inputs, generation_config=config)
-        logits = out.logits[0].float().cpu()  # (B, V): the first answer token's unprocessed logits
         lengths = inputs["attention_mask"].sum(dim=1)
-        answers = []
+        groups: dict[tuple[str, ...], list[int]] = {}
         for row, request in enumerate(requests):
-            key = tuple(request.classes)
-            restricted = logits[row, self._class_ids(key)]
-            if request.temperature <= 0:
-                probs = torch.nn.functional.one_hot(restricted.argmax(), len(key)).double()
-            else:
-                probs = torch.softmax(restricted.double() / request.temperature, dim=-1)
-            label = key[int(probs.argmax())]
-            answers.append(AnnotationAnswer(label, probs.tolist(), label, None, int(lengths[row])))
-        return answers
+            groups.setdefault(tuple(request.classes), []).append(row)
+        answers: list[AnnotationAnswer | None] = [None] * len(requests)
+        for key, rows in groups.items():
+            probs = self._class_probabilities(inputs, [requests[r] for r in rows], rows, key)
+            for row, p in zip(rows, probs, strict=True):
+                label = key[int(p.argmax())]
+                answers[row] = AnnotationAnswer(label, p.tolist(), label, None, int(lengths[row]))
+        return answers  # type: ignore[return-value]
+
+    def _class_probabilities(
+        self, inputs: dict[str, Tensor], requests: list[AnnotationRequest], rows: list[int], classes: tuple[str, ...]
+    ) -> Tensor:
+        """``(len(rows), C)`` float64: each class's forms' total probability, renormalised over the classes."""
+        variants = self._class_sequences(classes)
+        owner = torch.tensor([c for c, seqs in enumerate(variants) for _ in seqs])
+        if len(rows) < inputs["input_ids"].shape[0]:
+            inputs = {k: v[torch.tensor(rows, device=v.device)] for k, v in inputs.items()}
+        temperatures = [r.temperature if r.temperature > 0 else 1.0 for r in requests]
+        flat = [s for seqs in variants for s in seqs]
+        scores = continuation_log_likelihoods(self.net, inputs, flat, temperatures)
+        totals = torch.stack([torch.logsumexp(scores[:, owner == c], dim=1) for c in range(len(classes))], dim=1)
+        probs = torch.softmax(totals, dim=-1)
+        greedy = torch.tensor([r.temperature <= 0 for r in requests])
+        one_hot = torch.nn.functional.one_hot(totals.argmax(-1), len(classes)).double()
+        return torch.where(greedy[:, None], one_hot, probs)
 
     def annotate(self, requests: Sequence[AnnotationRequest]) -> list[AnnotationAnswer]:
         """Answers in request order, ``max_batch`` requests per forward (one caller at a time: a lock)."""
@@ -201,8 +257,8 @@ class Qwen2AudioAnnotator:
             for start in range(0, len(requests), self.max_batch):
                 chunk = requests[start : start + self.max_batch]
                 if self.mode == "exact":
-                    for r in chunk:  # a clear error before any forward when the classes' first tokens collide
-                        self._class_ids(r.classes)
+                    for r in chunk:  # a clear error before any forward when the classes' answers collide
+                        self._class_sequences(r.classes)
                 answers.extend(self._exact(chunk) if self.mode == "exact" else self._sample(chunk))
                 self.stats["requests"] += len(chunk)
                 self.stats["tokens"] += sum(a.tokens or 0 for a in answers[-len(chunk) :])

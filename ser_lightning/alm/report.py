@@ -3,7 +3,9 @@
 :func:`build_report` reads each run directory's ``test_metrics.json`` and ``test_predictions.jsonl`` (an ALM's run
 and a trained model's alike) and writes paper 003's Table 2 as ``report.md`` / ``report.csv`` (:func:`table_rows`:
 the relative change against a baseline, positive = better) and Fig. 3 as ``entropy_bins.png`` / ``.csv``
-(:func:`entropy_bins`: medians per width bin of H / log C). A usage error raises :class:`ReportError`.
+(:func:`entropy_bins`: medians per width bin of H / log C). Every row shows n scored, the utterances left out as
+invalid and the valid fraction (paper 003 Appendix A.2 reports it and evaluates valid answers only); rows a run
+marked ``"scored": false`` are in no table or bin. A usage error raises :class:`ReportError`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from ser_lightning.metrics.functional.distribution import (
     r2_per_item,
 )
 from ser_lightning.runs.names import TEST_METRICS, TEST_PREDICTIONS
+from ser_lightning.runs.scored_records import is_scored
 
 # Table 2 columns: key in test_metrics.json (test/<key>), heading, whether higher is better
 TABLE_METRICS = (
@@ -48,12 +51,16 @@ class ReportError(Exception):
 
 @dataclass
 class Run:
-    """One tested run: its label, directory, ``test_metrics.json`` and ``test_predictions.jsonl`` records."""
+    """One tested run: label, directory, ``test_metrics.json`` and the scored ``test_predictions.jsonl`` records.
+
+    ``unscored_lines``: the file's lines marked ``"scored": false`` (left out of the run's metrics and of the report).
+    """
 
     label: str
     path: Path
     metrics: dict[str, Any]
     records: list[dict[str, Any]]
+    unscored_lines: int = 0
 
     def metric(self, key: str) -> float | None:
         """``test/<key>`` as a float, ``None`` when absent or not finite."""
@@ -68,6 +75,24 @@ class Run:
                 return int(value)
         return len(self.records)
 
+    @property
+    def invalid(self) -> int | None:
+        """Utterances left out without a valid prediction (the pass's ``invalid``); ``None`` for older runs."""
+        value = self.metrics.get("invalid")
+        return int(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+    @property
+    def valid_fraction(self) -> float | None:
+        """The ALM's logged ``test/valid_fraction``, else scored / (scored + invalid), ``None`` when neither is known.
+
+        The logged one comes first: under a fallback every utterance is scored though not every answer was valid.
+        """
+        logged = self.metric("valid_fraction")
+        if logged is not None:
+            return logged
+        total = None if self.invalid is None else self.scored + self.invalid
+        return self.scored / total if total else None
+
 
 def load_run(path: Path, label: str) -> Run:
     """Read a run directory; a missing or unreadable file raises :class:`ReportError` naming the directory."""
@@ -81,7 +106,8 @@ def load_run(path: Path, label: str) -> Run:
         records = [json.loads(line) for line in lines if line.strip()]
     except (OSError, ValueError) as err:
         raise ReportError(f"{path}: unreadable run files ({err})") from err
-    return Run(label, path, metrics, records)
+    scored = [r for r in records if not isinstance(r, dict) or is_scored(r)]  # a malformed line is reported later
+    return Run(label, path, metrics, scored, len(records) - len(scored))
 
 
 def default_labels(paths: Sequence[Path]) -> list[str]:
@@ -102,15 +128,15 @@ def relative_change(value: float | None, baseline: float | None, higher_is_bette
 
 
 def table_rows(runs: Sequence[Run], baseline: int) -> list[dict[str, Any]]:
-    """One row per run: metrics, n, valid fraction and relative changes (``None`` for missing values)."""
+    """One row per run: metrics, n scored, invalid, valid fraction and relative changes (``None`` when missing)."""
     base = runs[baseline]
     rows = []
     for run in runs:
-        row: dict[str, Any] = {"run": run.label, "run_dir": str(run.path), "n": run.scored}
+        row: dict[str, Any] = {"run": run.label, "run_dir": str(run.path), "n": run.scored, "invalid": run.invalid}
         for key, _, higher in TABLE_METRICS:
             row[key] = run.metric(key)
             row[f"{key}_rel_change"] = relative_change(row[key], base.metric(key), higher)
-        row["valid_fraction"] = run.metric("valid_fraction")
+        row["valid_fraction"] = run.valid_fraction
         row["baseline"] = run is base
         rows.append(row)
     return rows
@@ -121,9 +147,11 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], baseline_label: str) -> str:
-    """Table 2 as markdown: cells like ``0.3450 (+4.0%)``; the baseline row has no change."""
-    with_valid = any(row["valid_fraction"] is not None for row in rows)
-    head = ["Run", *(title for _, title, _ in TABLE_METRICS), "n"] + (["Valid"] if with_valid else [])
+    """Table 2 as markdown: cells like ``0.3450 (+4.0%)``; the baseline row has no change.
+
+    Then n scored, invalid (left out of the metrics) and the valid fraction; ``n/a`` where a run did not record them.
+    """
+    head = ["Run", *(title for _, title, _ in TABLE_METRICS), "n", "Invalid", "Valid"]
     lines = [
         f"Test metrics per run; relative change against `{baseline_label}` in brackets (%, positive = better).",
         "",
@@ -137,8 +165,8 @@ def markdown_table(rows: Sequence[dict[str, Any]], baseline_label: str) -> str:
             cell = _fmt(row[key])
             cells.append(cell if row["baseline"] or change is None else f"{cell} ({change:+.1f}%)")
         cells.append(str(row["n"]))
-        if with_valid:
-            cells.append(_fmt(row["valid_fraction"]))
+        cells.append("n/a" if row["invalid"] is None else str(row["invalid"]))
+        cells.append(_fmt(row["valid_fraction"]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -147,7 +175,7 @@ def write_table(rows: Sequence[dict[str, Any]], baseline_label: str, out: Path) 
     """``report.md`` and ``report.csv`` (separate ``*_rel_change`` columns in percent) into ``out``."""
     (out / "report.md").write_text(markdown_table(rows, baseline_label), encoding="utf-8")
     keys = [key for key, _, _ in TABLE_METRICS]
-    fields = ["run", "run_dir", "baseline", "n", *keys, "valid_fraction", *(f"{k}_rel_change" for k in keys)]
+    fields = ["run", "run_dir", "baseline", "n", "invalid", *keys, "valid_fraction", *(f"{k}_rel_change" for k in keys)]
     with (out / "report.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
@@ -260,7 +288,10 @@ def build_report(
     base = resolve_baseline(baseline, names)
     for run in runs:
         if len(run.records) != run.scored:
-            message = f"{run.path}: {len(run.records)} lines in {TEST_PREDICTIONS}, {run.scored} scored"
+            message = f"{run.path}: {len(run.records)} scored lines in {TEST_PREDICTIONS}, {run.scored} scored"
+            print(f"ser-report: warning: {message}", file=sys.stderr)
+        if run.invalid is not None and run.unscored_lines != run.invalid:
+            message = f"{run.path}: {run.unscored_lines} unscored lines in {TEST_PREDICTIONS}, {run.invalid} invalid"
             print(f"ser-report: warning: {message}", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     rows = table_rows(runs, base)

@@ -8,11 +8,17 @@ compared with its human distribution by JS divergence (bits), averaged over utte
 point the first n whose fitted JS lies within 10% of the fitted range (``max(JS)`` - asymptote) above the
 asymptote. Also Table 3 (Fleiss' kappa and mean entropy of the human, synthetic and combined annotations)
 and the JS to the human distribution per tertile of human entropy (Fig. 3). Writes JSON and PNG figures.
+
+An exact-mode annotator's answers are class distributions: n of them are averaged (not counted), there is
+no ``combined`` (a distribution is no votes to add to the human ones), and Fleiss' kappa, whose P_i needs
+integer counts, is reported only over utterances whose votes are integer counts: the others (every
+exact-mode one, or fractional human votes) are left out and counted in ``kappa_excluded_items``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -20,11 +26,13 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from ser_lightning.annotate.merge import read_synthetic, synthetic_votes
+from ser_lightning.annotate.merge import exact_distribution, read_synthetic
 from ser_lightning.data.shards.card import iter_shard_meta, read_card
 from ser_lightning.labels import entropy, fleiss_kappa, normalized_entropy, quantile_edges
 
-__all__ = ["analyse_store", "answer_matrix", "fit_saturation", "js_bits", "saturation_curve"]
+__all__ = ["analyse_store", "answer_matrix", "fit_saturation", "integer_counts", "js_bits", "saturation_curve"]
+
+log = logging.getLogger(__name__)
 
 DRAWS = 5  # random subsets per n, as in the authors' notebook (num_runs=5)
 SATURATION_FRACTION = 0.1  # within 10% of the fitted range above the asymptote
@@ -103,9 +111,14 @@ def fit_saturation(n: np.ndarray, js: np.ndarray) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def answer_matrix(rows: list[tuple[int, str | None, list[float] | None]], classes: tuple[str, ...]) -> np.ndarray:
-    """One row per valid answer of an utterance (a one-hot vote, or an exact-mode row's probabilities)."""
-    out = [synthetic_votes([row], classes)[0] for row in rows]
+def answer_matrix(
+    rows: list[tuple[int, str | None, list[float] | None]], classes: tuple[str, ...], exact: bool = False
+) -> np.ndarray:
+    """One row per valid answer of an utterance: a one-hot vote of its label, or (``exact``) its distribution."""
+    if exact:
+        out = [exact_distribution(probs, len(classes)) for _, _, probs in rows]
+    else:
+        out = [np.eye(len(classes))[classes.index(label)] if label in classes else None for _, label, _ in rows]
     return np.asarray([v for v in out if v is not None], dtype=np.float64).reshape(-1, len(classes))
 
 
@@ -129,34 +142,46 @@ def _sweep(answers: list[np.ndarray], human: np.ndarray, counts: range, seed: in
     return out
 
 
-def _table3(sources: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
-    """Table 3 per source: Fleiss' kappa and mean entropy (nats, and divided by log C) of its vote counts."""
+def integer_counts(votes: np.ndarray) -> np.ndarray:
+    """Per item, whether its vote vector holds integer counts (Fleiss' P_i is defined for counts only)."""
+    return np.isclose(votes, np.round(votes), rtol=0.0, atol=1e-9).all(axis=1)
+
+
+def _table3(sources: dict[str, np.ndarray], counted: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    """Table 3 per source: Fleiss' kappa over its ``counted`` items, and mean entropy (nats, and / log C) of all."""
     table = {}
     for name, votes in sources.items():
-        kappa = fleiss_kappa(votes)
+        keep = counted[name]
+        kappa = fleiss_kappa(votes[keep])
         h = entropy(votes)
         table[name] = {
             "fleiss_kappa": None if math.isnan(kappa.kappa) else kappa.kappa,
             "kappa_items": kappa.items,
+            "kappa_excluded_items": int((~keep).sum()),  # not integer counts (exact-mode distributions)
             "entropy_mean": float(h.mean()),
             "entropy_mean_normalised": float(normalized_entropy(h.mean(), votes.shape[1])),
         }
+        if not keep.all():
+            note = f"{int((~keep).sum())} of {len(keep)} utterances left out of Fleiss' kappa: not integer vote counts"
+            table[name]["kappa_note"] = note + " (exact-mode distributions or fractional votes)"
+            log.warning("%s: %s", name, table[name]["kappa_note"])
     return table
 
 
-def _tertiles(human: np.ndarray, synthetic: np.ndarray, combined: np.ndarray) -> dict[str, Any]:
-    """Mean JS (bits) of the synthetic and combined distributions to the human one per human-entropy tertile."""
+def _tertiles(human: np.ndarray, synthetic: np.ndarray, combined: np.ndarray | None) -> dict[str, Any]:
+    """Mean JS (bits) of the synthetic and combined (None: none) distributions to the human one per entropy tertile."""
     h = entropy(human)
     edges = quantile_edges(h, 3)
     bins = np.searchsorted(edges, h, side="left")  # edges[i-1] < h <= edges[i], as the binned metrics do
     out: dict[str, Any] = {"edges": [float(e) for e in edges]}
-    js_s, js_c = js_bits(synthetic, human), js_bits(combined, human)
+    js_s = js_bits(synthetic, human)
+    js_c = None if combined is None else js_bits(combined, human)
     for i, name in enumerate(TERTILES):
         sel = bins == i
         out[name] = {
             "items": int(sel.sum()),
             "js_synthetic": float(js_s[sel].mean()) if sel.any() else None,
-            "js_combined": float(js_c[sel].mean()) if sel.any() else None,
+            "js_combined": float(js_c[sel].mean()) if sel.any() and js_c is not None else None,
         }
     return out
 
@@ -183,6 +208,8 @@ def _plot_tertiles(path: Path, tertiles: dict[str, Any]) -> None:
     ax = fig.add_subplot()
     x = np.arange(len(TERTILES))
     for offset, key in ((-0.2, "js_synthetic"), (0.2, "js_combined")):
+        if all(tertiles[t][key] is None for t in TERTILES):
+            continue  # an exact-mode annotator has no combined source
         values = [tertiles[t][key] or 0.0 for t in TERTILES]
         ax.bar(x + offset, values, 0.4, label=key.removeprefix("js_"))
     ax.set_xticks(x, [t.capitalize() for t in TERTILES])
@@ -220,14 +247,16 @@ def analyse_store(
 
     Returns:
         The analysis (also in ``out_dir/analysis.json``): ``annotator``, ``utterances``, ``saturation``
-        (``n``, ``js_mean``, ``js_std``, ``js_draws``, ``fit``), ``table3``, ``tertiles``.
+        (``n``, ``js_mean``, ``js_std``, ``js_draws``, ``fit``), ``table3`` (per source ``fleiss_kappa`` over
+        ``kappa_items``, ``kappa_excluded_items`` left out as not integer counts, entropies), ``tertiles``.
     """
     classes = tuple(read_card(shards, human)["classes"])
     answers = read_synthetic(store, n, backend, model, mode)
+    exact = answers.annotator.exact
     ids, human_votes, matrices = [], [], []
     for meta in iter_shard_meta(shards, sources=(human,)):
         rows = answers.rows.get(str(meta["id"]))
-        matrix = answer_matrix(rows, classes) if rows else None
+        matrix = answer_matrix(rows, classes, exact) if rows else None
         if matrix is not None and len(matrix):
             ids.append(str(meta["id"]))
             human_votes.append(meta["votes"][human])
@@ -239,7 +268,15 @@ def analyse_store(
     counts = range(1, most + 1)
     js = _sweep(matrices, human_arr / human_arr.sum(1, keepdims=True), counts, seed)
     fit = fit_saturation(np.arange(1, most + 1), js.mean(1)) if most >= 3 else None
-    synthetic = np.stack([m.sum(0) for m in matrices])
+    synthetic = np.stack([m.mean(0) if exact else m.sum(0) for m in matrices])  # a distribution, or vote counts
+    sources = {"human": human_arr, "synthetic": synthetic}
+    counted = {
+        "human": integer_counts(human_arr),
+        "synthetic": np.full(len(ids), not exact) & integer_counts(synthetic),
+    }
+    if not exact:
+        sources["combined"] = human_arr + synthetic
+        counted["combined"] = counted["human"] & counted["synthetic"]
     result = {
         "annotator": vars(answers.annotator),
         "human": human,
@@ -253,8 +290,8 @@ def analyse_store(
             "js_draws": js.tolist(),
             "fit": fit,
         },
-        "table3": _table3({"human": human_arr, "synthetic": synthetic, "combined": human_arr + synthetic}),
-        "tertiles": _tertiles(human_arr, synthetic, human_arr + synthetic),
+        "table3": _table3(sources, counted),
+        "tertiles": _tertiles(human_arr, synthetic, sources.get("combined")),
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

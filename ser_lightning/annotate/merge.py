@@ -1,10 +1,17 @@
-"""``ser-annotate merge``: shards whose samples also carry the ``synthetic`` and ``combined`` label sources.
+"""``ser-annotate merge``: shards whose samples also carry the synthetic label sources of one ALM annotator.
 
-The synthetic annotations of an annotation store (one ALM annotator: backend, model, mode) become, per
-utterance, the vote vector ``synthetic`` (each valid answer one vote; an exact-mode row adds its
-probabilities, also one vote) and ``combined`` = human votes + synthetic votes, every annotation one equal
-vote (Scaling Ambiguity Sec. 2.2). An utterance with no valid synthetic answer keeps ``synthetic`` null and
-``combined`` equal to its human votes. The audio members are copied byte for byte (never re-encoded); the
+The annotations of an annotation store (one ALM annotator: backend, model, mode) become, per utterance:
+
+- sample mode: the vote counts ``synthetic`` (each valid answer one vote) and ``combined`` = human votes +
+  synthetic votes, every annotation one equal vote (Scaling Ambiguity Sec. 2.2);
+- exact mode: the label distribution ``synthetic_exact``, the mean of the utterance's exact-mode class
+  distributions, its entropy that distribution's. A distribution is no vote count, so it is neither added to
+  the human votes (no ``combined``) nor counted as votes; its ``votes`` field holds the same distribution
+  (sums to 1) because the shard readers take a source's presence and statistics from ``votes``, and the
+  card's ``label_sources.synthetic_exact.rule`` says so.
+
+An utterance with no valid synthetic answer keeps the synthetic source null (and ``combined`` equal to its
+human votes). The audio members are copied byte for byte (never re-encoded); the
 card is built by :func:`ser_lightning.data.shards.card.build_card`, as ``write_shards`` builds it.
 """
 
@@ -35,12 +42,26 @@ from ser_lightning.data.shards.files import check_out_dir, shard_tar_writer, wri
 from ser_lightning.data.shards.verify import describe_shard
 from ser_lightning.labels import entropy, votes_to_distribution
 
-__all__ = ["SYNTHETIC", "COMBINED", "Annotator", "merge_store", "read_synthetic", "synthetic_votes"]
+__all__ = [
+    "COMBINED",
+    "EXACT_RULE",
+    "SYNTHETIC",
+    "SYNTHETIC_EXACT",
+    "Annotator",
+    "exact_distribution",
+    "merge_store",
+    "read_synthetic",
+    "synthetic_distribution",
+    "synthetic_votes",
+]
 
 log = logging.getLogger(__name__)
 
 SYNTHETIC = "synthetic"
 COMBINED = "combined"
+SYNTHETIC_EXACT = "synthetic_exact"
+# The card's rule of the exact-mode source: what its (distribution-valued) votes are.
+EXACT_RULE = {"name": "alm-exact-distribution", "votes": "the mean exact-mode class distribution (sums to 1)"}
 
 
 @dataclass(frozen=True)
@@ -50,6 +71,11 @@ class Annotator:
     backend: str
     model: str
     mode: str
+
+    @property
+    def exact(self) -> bool:
+        """Whether the rows are class distributions (exact mode) rather than answers to count."""
+        return self.mode == "exact"
 
 
 @dataclass
@@ -125,24 +151,37 @@ def read_synthetic(
 def synthetic_votes(
     rows: Sequence[tuple[int, str | None, list[float] | None]], classes: Sequence[str]
 ) -> tuple[np.ndarray | None, int]:
-    """The synthetic vote vector of one utterance and its number of valid answers (``None``: no valid answer).
+    """The integer vote counts of one utterance's sampled answers and their number (``None``: no valid answer).
 
-    A row with ``probabilities`` (exact mode) adds them, normalised to one vote; else a valid ``label`` adds
-    one vote to its class. A label outside ``classes`` or unusable probabilities count as invalid.
+    Each ``label`` in ``classes`` is one vote; anything else is invalid. Probabilities are no votes (see
+    :func:`synthetic_distribution`).
     """
     index = {c: i for i, c in enumerate(classes)}
     votes = np.zeros(len(classes), dtype=np.float64)
     valid = 0
-    for _, label, probs in rows:
-        if probs is not None:
-            p = np.asarray(probs, dtype=np.float64)
-            if p.shape == (len(classes),) and np.isfinite(p).all() and (p >= 0).all() and p.sum() > 0:
-                votes += p / p.sum()
-                valid += 1
-        elif label is not None and label in index:
+    for _, label, _probs in rows:
+        if label is not None and label in index:
             votes[index[label]] += 1.0
             valid += 1
     return (votes if valid else None), valid
+
+
+def exact_distribution(probs: Sequence[float] | None, num_classes: int) -> np.ndarray | None:
+    """One exact-mode row's class distribution, normalised; ``None`` unless C finite non-negative values, sum > 0."""
+    if probs is None:
+        return None
+    p = np.asarray(probs, dtype=np.float64)
+    if p.shape != (num_classes,) or not np.isfinite(p).all() or (p < 0).any() or p.sum() <= 0:
+        return None
+    return p / p.sum()
+
+
+def synthetic_distribution(
+    rows: Sequence[tuple[int, str | None, list[float] | None]], classes: Sequence[str]
+) -> tuple[np.ndarray | None, int]:
+    """The mean class distribution of one utterance's exact-mode rows and their number (``None``: none valid)."""
+    dists = [d for d in (exact_distribution(probs, len(classes)) for _, _, probs in rows) if d is not None]
+    return (np.mean(dists, axis=0) if dists else None), len(dists)
 
 
 def _label_fields(votes: np.ndarray | None) -> tuple[list[float] | None, list[float] | None, float | None]:
@@ -152,13 +191,21 @@ def _label_fields(votes: np.ndarray | None) -> tuple[list[float] | None, list[fl
     return [float(x) for x in votes], [float(x) for x in dist], float(entropy(dist))
 
 
-def merged_meta(meta: dict[str, Any], synthetic: np.ndarray | None, human: str) -> dict[str, Any]:
-    """A sample JSON with ``synthetic`` (or null) and ``combined`` (human + synthetic votes) label sources added."""
-    human_votes = np.asarray(meta["votes"][human], dtype=np.float64)
-    combined = human_votes if synthetic is None else human_votes + synthetic  # Sec. 2.2: each annotation one vote
+def merged_meta(meta: dict[str, Any], synthetic: np.ndarray | None, human: str, exact: bool = False) -> dict[str, Any]:
+    """A sample JSON with the synthetic label sources added (each null when ``synthetic`` is None).
+
+    Sample mode: ``synthetic`` (votes) and ``combined`` (human + synthetic votes). Exact mode: ``synthetic_exact``,
+    the distribution ``synthetic`` (also in its ``votes`` field), entropy of that distribution.
+    """
     out = {**meta, "votes": dict(meta["votes"]), "distribution": dict(meta["distribution"])}
     out["entropy"] = dict(meta["entropy"])
-    for source, votes in ((SYNTHETIC, synthetic), (COMBINED, combined)):
+    if exact:
+        fields = [(SYNTHETIC_EXACT, synthetic)]
+    else:
+        human_votes = np.asarray(meta["votes"][human], dtype=np.float64)
+        combined = human_votes if synthetic is None else human_votes + synthetic  # Sec. 2.2: each one vote
+        fields = [(SYNTHETIC, synthetic), (COMBINED, combined)]
+    for source, votes in fields:
         out["votes"][source], out["distribution"][source], out["entropy"][source] = _label_fields(votes)
     return out
 
@@ -192,7 +239,9 @@ class _Tally:
 
 def _copy_shard(src: Path, dst: Path, split: str, answers: SyntheticAnswers, classes: Sequence[str],
                 human: str, tally: _Tally) -> None:  # fmt: skip
-    """Copy one shard, member bytes unchanged but the JSON, which gains the two label sources."""
+    """Copy one shard, member bytes unchanged but the JSON, which gains the synthetic label sources."""
+    exact = answers.annotator.exact
+    labels_of = synthetic_distribution if exact else synthetic_votes
     partial = dst.with_name(dst.name + ".partial")
     with partial.open("wb") as f, shard_tar_writer(f) as sink:
         for key, members in iter_tar_samples(src):
@@ -201,12 +250,12 @@ def _copy_shard(src: Path, dst: Path, split: str, answers: SyntheticAnswers, cla
             meta = json.loads(members["json"].decode("utf-8"))
             uid = str(meta.get("id", key))
             rows = answers.rows.get(uid, [])
-            votes, valid = synthetic_votes(rows, classes)
+            votes, valid = labels_of(rows, classes)
             tally.seen.add(uid)
             tally.annotated += bool(rows)
             tally.valid += valid
             tally.null[split] = tally.null.get(split, 0) + (votes is None)
-            new = merged_meta(meta, votes, human)
+            new = merged_meta(meta, votes, human, exact)
             text = json.dumps(new, ensure_ascii=False, allow_nan=False).encode("utf-8")
             sink.write({"__key__": key, **members, "json": text})
             tally.primary.setdefault(split, []).append(new["votes"][PRIMARY])
@@ -226,7 +275,7 @@ def merge_store(
     model: str | None = None,
     mode: str | None = None,
 ) -> dict[str, Any]:
-    """Write ``out``: the shards of ``shards`` with the ``synthetic`` and ``combined`` label sources added.
+    """Write ``out``: the shards of ``shards`` with ``synthetic`` and ``combined`` (or ``synthetic_exact``) added.
 
     Args:
         store: the annotation store (SQLite, ``ser-annotate run --out``).
@@ -240,7 +289,8 @@ def merge_store(
 
     Returns:
         The card written to ``out/card.json``: sources include ``synthetic`` (null in some samples, counted in
-        ``null_labels``) and ``combined``; ``annotations`` records the store, annotator and counts.
+        ``null_labels``) and ``combined``, or for an exact-mode annotator ``synthetic_exact`` (its rule:
+        :data:`EXACT_RULE`); ``annotations`` records the store, annotator, label sources and counts.
     """
     shards, out = Path(shards), Path(out)
     card = read_card(shards, human)
@@ -256,10 +306,14 @@ def merge_store(
             _copy_shard(shards / name, out / name, split, answers, classes, human, tally)
     shard_info = {name: describe_shard(out / name) for s in splits for name in card["shards"][s]}
     sources = common_sources(tally.kept_votes)
+    exact = answers.annotator.exact
+    rules = label_rules(card)  # e.g. how `merged` was built: the copied samples keep it
+    if exact:
+        rules[SYNTHETIC_EXACT] = dict(EXACT_RULE)
     new = build_card(
         classes, splits, tally.primary, sources, card["shards"], card.get("rejected", 0), card["sample_rate"],
-        tally.train_meta, shard_info, null_labels={SYNTHETIC: dict(tally.null)},
-        label_rules=label_rules(card),  # e.g. how `merged` was built: the copied samples keep it
+        tally.train_meta, shard_info, null_labels={SYNTHETIC_EXACT if exact else SYNTHETIC: dict(tally.null)},
+        label_rules=rules,
     )  # fmt: skip
     for key in ("audio_checks", "reader"):  # counted from the original audio / corpus reader: kept as written
         if key in card:
@@ -269,6 +323,7 @@ def merge_store(
         **vars(answers.annotator),
         "n": n,
         "human": human,
+        "label_sources": [SYNTHETIC_EXACT] if exact else [SYNTHETIC, COMBINED],
         "utterances": sum(len(v) for v in tally.primary.values()),
         "annotated": tally.annotated,
         "answers": sum(len(r) for r in answers.rows.values()),
@@ -280,5 +335,6 @@ def merge_store(
         shutil.copyfile(shards / REJECTED_NAME, out / REJECTED_NAME)
     write_card(out, new)
     nulls, total = sum(tally.null.values()), new["annotations"]["utterances"]
-    log.info("%s: %d samples, %d without a valid synthetic answer (synthetic null)", out, total, nulls)
+    source = SYNTHETIC_EXACT if exact else SYNTHETIC
+    log.info("%s: %d samples, %d without a valid synthetic answer (%s null)", out, total, nulls, source)
     return new

@@ -9,6 +9,10 @@ Examples::
     ser-annotate merge ann.sqlite shards/iemocap4 --out shards/iemocap4-syn --n 20
     ser-annotate analyse ann.sqlite shards/iemocap4 --out reports/saturation
 
+``--mode exact`` (local Qwen2-Audio) stores each answer as a class distribution: the probability of every
+written form of each class name, all its tokens scored; ``merge`` makes it the label source
+``synthetic_exact`` (a distribution, not votes: no ``combined``) and ``analyse`` leaves it out of Fleiss' kappa.
+
 ``run`` exits 0 when every requested annotation is stored, 1 when some requests finally failed or some
 audio did not decode (run it again: only what is missing is asked), 2 on a usage error and 130 when
 interrupted (Ctrl-C or SIGTERM; the answers that arrived are stored).
@@ -69,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, required=True, help="the SQLite store (created, or resumed)")
     run.add_argument("--split", help="only this split of the card (default: every split)")
     run.add_argument("--mode", choices=("sample", "exact"), default="sample",
-                     help="sample answers (as an API does), or exact next-token probabilities")  # fmt: skip
+                     help="sample answers (as an API does), or exact class distributions (whole class names "
+                          "scored over case, space and markdown forms; local qwen2-audio only)")  # fmt: skip
     run.add_argument("--concurrency", type=_positive, default=None,
                      help="batches in flight at once (default: 8 for gemini, 1 for qwen2-audio)")  # fmt: skip
     run.add_argument("--seed", type=int, default=0, help="seed of the persona and temperature plan")
@@ -80,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="another keyword of the backend constructor (VALUE: JSON, else a string)")  # fmt: skip
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    merge = sub.add_parser("merge", help="write shards with the synthetic and combined label sources")
+    merge = sub.add_parser(
+        "merge", help="write shards with the synthetic and combined label sources (exact mode: synthetic_exact)"
+    )
     merge.add_argument("store", type=Path, help="the annotation store (SQLite) written by ser-annotate run")
     merge.add_argument("shards", type=Path, help="the shard directory it annotated")
     merge.add_argument("--out", type=Path, required=True, help="the new shard directory")
@@ -88,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--human", default="primary", help="label source of the human votes (default: primary)")
     _annotator_filters(merge)
 
-    analyse = sub.add_parser("analyse", help="saturation curve, Table 3 per source, JS per entropy tertile")
+    analyse = sub.add_parser(
+        "analyse", help="saturation curve, Table 3 per source (kappa on integer votes only), JS per entropy tertile"
+    )
     analyse.add_argument("store", type=Path, help="the annotation store (SQLite) written by ser-annotate run")
     analyse.add_argument("shards", type=Path, help="the shard directory it annotated")
     analyse.add_argument("--out", type=Path, required=True, help="directory for the JSON and PNG")
@@ -154,7 +163,13 @@ def run_command(args: argparse.Namespace) -> int:
     previous = _sigterm_as_interrupt()
     try:
         summary = run_annotation(
-            args.shards, backend, args.out, args.n, split=args.split, concurrency=concurrency, seed=args.seed,
+            args.shards,
+            backend,
+            args.out,
+            args.n,
+            split=args.split,
+            concurrency=concurrency,
+            seed=args.seed,
             progress=not args.no_progress,
         )
     except KeyboardInterrupt as stop:

@@ -1,4 +1,4 @@
-"""``ser-experiment``: run a config over folds x seeds and aggregate the test metrics (mean ± std across runs).
+"""``ser-experiment``: run a config over folds x seeds (and a grid of settings), aggregate the test metrics.
 
 AmbER² (Sec. 4) reports five-fold cross-validation with five seeds, as mean and standard deviation: on IEMOCAP
 each session is a fold (``--folds session``), on MSP-Podcast five equal-sized random folds (``--folds 5``)::
@@ -6,11 +6,18 @@ each session is a fold (``--folds session``), on MSP-Podcast five equal-sized ra
     ser-experiment --config configs/amber2.yaml --folds session --seeds 5 --out runs/amber2_iemocap
 
 Each run is an ordinary ``train.py fit`` with ``test_after_fit`` in ``OUT/fold{f}_seed{s}/``, its DataModule
-given the fold's ``split_assignment`` (``OUT/folds/fold{f}.json``); a run whose ``test_metrics.json`` exists is
-skipped, so an interrupted protocol resumes. The runs are subprocesses (``python -m ser_lightning.cli.experiment
-_train ...``): a fresh interpreter per run leaves no global state behind (seeds, logging, CUDA, process groups),
-and Lightning's DDP launcher re-executes that command line for the other ranks. ``--in-process`` calls
+given the fold's ``split_assignment`` (``OUT/folds/fold{f}.json``); ``--folds none`` keeps the card's own splits
+(every test split of ``data.test_split``, e.g. MSP-Podcast's Test1 and Test2). A run whose ``test_metrics.json``
+exists is skipped, so an interrupted protocol resumes. The runs are subprocesses (``python -m
+ser_lightning.cli.experiment _train ...``): a fresh interpreter per run leaves no global state behind, and
+Lightning's DDP launcher re-executes that command line for the other ranks. ``--in-process`` calls
 :func:`ser_lightning.cli.train.main` directly (faster start; single-device runs, e.g. tests).
+
+A grid (``--grid data.label_source=primary,synthetic``, repeatable, or a table file's ``grid``) multiplies the
+runs: each cell (one value per axis) gets ``OUT/<cell>/fold{f}_seed{s}/`` and its own ``summary.*``; ``grid.json``
+lists the cells. ``--table configs/tables/<paper>.yaml`` (:mod:`ser_lightning.runs.tables`) brings the configs,
+protocol and grid of a paper's table and writes it as ``OUT/table.md`` (``.csv``, ``.json``) with the paper's
+columns and units; ``--only AXIS=LABEL,...`` runs a slice of the grid.
 """
 
 from __future__ import annotations
@@ -22,32 +29,44 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from ser_lightning.data.folds import VAL_GROUPS, assignment_counts, fold_assignments, parse_folds, rows_of
 from ser_lightning.data.shards import storage
 from ser_lightning.data.shards.card import iter_shard_meta
 from ser_lightning.data.shards.storage import Location
+from ser_lightning.runs.grid import Axis, Cell, cell_dir, grid_cells, parse_grid, parse_only
 from ser_lightning.runs.json_values import write_text_atomic
-from ser_lightning.runs.names import FOLDS_DIR, PROTOCOL, TEST_METRICS, experiment_run, fold_assignment
+from ser_lightning.runs.names import FOLDS_DIR, GRID, PROTOCOL, TEST_METRICS, experiment_run, fold_assignment
 from ser_lightning.runs.summary import aggregate, write_summary
+from ser_lightning.runs.tables import read_table_file, write_tables
 
 log = logging.getLogger(__name__)
 
 TRAIN_ENTRY = "_train"  # argv[0] that makes this module run one train.py command (the subprocess of a run)
 RESERVED = ("--seed_everything", "--data.seed", "--data.split_assignment", "--trainer.logger")
+NO_FOLDS = "none"  # --folds none: the card's own splits, no split assignment
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ser-experiment",
-        description="Run a config over folds x seeds (AmbER² Sec. 4 protocol) and aggregate the test metrics. "
-        "Unknown arguments are train.py overrides (e.g. --trainer.max_epochs 3).",
+        description="Run a config over folds x seeds (AmbER² Sec. 4 protocol) and a grid of settings, and aggregate "
+        "the test metrics. Unknown arguments are train.py overrides (e.g. --trainer.max_epochs 3).",
         allow_abbrev=False,
     )
-    p.add_argument("--config", action="append", default=[], help="train.py config (repeatable, in order)")
-    p.add_argument("--folds", help="session | speaker | official | K (>= 2 equal-sized random folds)")
-    p.add_argument("--seeds", type=int, default=1, help="runs per fold with seeds 0..N-1 (default 1)")
+    p.add_argument("--config", action="append", default=[], help="train.py config (repeatable, in order; after a "
+                   "table file's)")  # fmt: skip
+    p.add_argument("--table", type=Path, help="a paper's table file (configs/tables/*.yaml): configs, protocol, "
+                   "grid and the table written to OUT/table.md")  # fmt: skip
+    p.add_argument("--grid", action="append", default=[], help="KEY=V1,V2,...: an axis of config-key values "
+                   "(repeatable; the runs are the product)")  # fmt: skip
+    p.add_argument("--only", action="append", default=[], help="AXIS=LABEL[,LABEL]: run only these grid values")
+    p.add_argument("--stage", choices=("fit", "test"), help="fit then test (default), or test only (zero-shot)")
+    p.add_argument("--folds", help="session | speaker | official | none (the card's splits) | K (>= 2 random folds)")
+    p.add_argument("--seeds", type=int, help="runs per fold with seeds 0..N-1 (default 1)")
+    p.add_argument("--run-folds", help="comma-separated fold numbers to run (default: all), e.g. 0 for one split")
     p.add_argument("--out", required=True, type=Path, help="protocol directory")
     p.add_argument("--fold-seed", type=int, default=0, help="seed of the random folds and validation carving")
     p.add_argument("--val-fraction", type=float, default=0.1, help="validation share of the training folds")
@@ -59,6 +78,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--aggregate-only", action="store_true", help="only aggregate the finished runs")
     p.add_argument("--in-process", action="store_true", help="run train.py in this process (single device)")
     return p
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run: its cell, fold and seed, where it goes and the ``train.py`` command line it runs."""
+
+    cell: Cell
+    fold: int
+    seed: int
+    run_dir: Path
+    args: list[str]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,21 +108,49 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out
     if args.aggregate_only:
         return _aggregate(out)
-    if not args.config or args.folds is None:
-        raise SystemExit("ser-experiment: --config and --folds are required (unless --aggregate-only)")
+    try:
+        table = None if args.table is None else read_table_file(args.table)
+        axes = [*(table.axes if table else []), *(parse_grid(g) for g in args.grid)]
+        cells = grid_cells(axes, parse_only(args.only))
+    except ValueError as err:
+        raise SystemExit(f"ser-experiment: {err}") from None
+    configs = [*(table.configs if table else []), *args.config]
+    args.folds = args.folds or (table.folds if table else None)
+    args.seeds = args.seeds or (table.seeds if table else None) or 1
+    stage = args.stage or (table.stage if table else "fit")
+    run_folds = table.run_folds if table else None
+    if args.run_folds:
+        try:
+            run_folds = [int(f) for f in args.run_folds.split(",")]
+        except ValueError:
+            raise SystemExit(f"ser-experiment: --run-folds takes fold numbers, got {args.run_folds!r}") from None
+    args.run_folds = run_folds
+    if not configs or args.folds is None:
+        raise SystemExit("ser-experiment: --config (or --table) and --folds are required (unless --aggregate-only)")
     if args.seeds < 1:
         raise SystemExit("ser-experiment: --seeds must be >= 1")
     clash = [o for o in overrides if o.split("=")[0].startswith(RESERVED)]
     if clash:
         raise SystemExit(f"ser-experiment: {clash} are set per run by ser-experiment; leave them out")
+    dirs = [cell_dir(c) for c in cells]
+    if len(set(dirs)) != len(dirs):
+        raise SystemExit(f"ser-experiment: grid labels give clashing directory names {dirs}")
     index, count = _parse_shard(args.shard)
-    folds = _write_folds(args, overrides)
-    runs = [(f, s) for f in range(folds) for s in range(args.seeds)][index::count]
-    failed = [(f, s) for f, s in runs if not _run(out, f, s, args.config, overrides, args.in_process)]
+    folds = _write_folds(args, configs, overrides, axes, stage)
+    jobs = [
+        _job(out, cell, f, s, train_args(out, f, s, configs, overrides, cell.args, stage, folds.assigned,
+                                         cell_dir(cell)))
+        for cell in cells for f in (run_folds or range(folds.count)) for s in range(args.seeds)
+    ][index::count]  # fmt: skip
+    failed = [j for j in jobs if not _run(j, args.in_process)]
     _aggregate(out)
     if failed:
-        log.error("%d runs failed: %s", len(failed), ", ".join(experiment_run(f, s) for f, s in failed))
+        log.error("%d runs failed: %s", len(failed), ", ".join(str(j.run_dir) for j in failed))
     return 1 if failed else 0
+
+
+def _job(out: Path, cell: Cell, fold: int, seed: int, args: list[str]) -> Job:
+    return Job(cell, fold, seed, out / cell_dir(cell) / experiment_run(fold, seed), args)
 
 
 def _parse_shard(spec: str) -> tuple[int, int]:
@@ -138,16 +196,32 @@ def data_settings(configs: list[str], overrides: list[str]) -> tuple[Location, s
     return storage.as_location(config.data.shards), str(config.data.label_source)
 
 
-def _write_folds(args: argparse.Namespace, overrides: list[str]) -> int:
-    """Write ``OUT/folds/fold{f}.json`` and ``OUT/protocol.json``; refuse an ``OUT`` of another protocol."""
-    shards, label_source = data_settings(args.config, overrides)
-    rows = rows_of(iter_shard_meta(shards, sources=[label_source]))
-    try:
-        assignments = fold_assignments(
-            rows, parse_folds(args.folds), args.fold_seed, args.val_fraction, args.val_group, args.official_test_split
-        )
-    except ValueError as err:
-        raise SystemExit(f"ser-experiment: {err}") from None
+@dataclass(frozen=True)
+class Folds:
+    """How many folds the protocol has and whether its runs get a split assignment (not with ``--folds none``)."""
+
+    count: int
+    assigned: bool
+
+
+def _write_folds(
+    args: argparse.Namespace, configs: list[str], overrides: list[str], axes: list[Axis], stage: str
+) -> Folds:
+    """Write ``OUT/folds/fold{f}.json`` (unless ``--folds none``) and ``OUT/protocol.json``; refuse another protocol.
+
+    Every cell of a grid shares the folds, built from the configs' and overrides' shards and label source.
+    """
+    shards, label_source = data_settings(configs, overrides)
+    assignments: list[dict[str, str]] = []
+    if args.folds != NO_FOLDS:
+        rows = rows_of(iter_shard_meta(shards, sources=[label_source]))
+        try:
+            assignments = fold_assignments(
+                rows, parse_folds(args.folds), args.fold_seed, args.val_fraction, args.val_group,
+                args.official_test_split,
+            )  # fmt: skip
+        except ValueError as err:
+            raise SystemExit(f"ser-experiment: {err}") from None
     protocol = {
         "folds": args.folds,
         "fold_seed": args.fold_seed,
@@ -156,7 +230,7 @@ def _write_folds(args: argparse.Namespace, overrides: list[str]) -> int:
         "official_test_split": args.official_test_split,
         "shards": str(shards),
         "seeds": args.seeds,
-        "fold_counts": [assignment_counts(a) for a in assignments],
+        "fold_counts": [assignment_counts(a) for a in assignments] if assignments else [None],
     }
     path = args.out / PROTOCOL
     if path.is_file():
@@ -164,66 +238,98 @@ def _write_folds(args: argparse.Namespace, overrides: list[str]) -> int:
         keys = [k for k in protocol if k != "seeds" and old.get(k) != protocol[k]]
         if keys:
             raise SystemExit(f"ser-experiment: {args.out} holds another protocol (differs in {keys}); use a new --out")
-    (args.out / FOLDS_DIR).mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if assignments:
+        (args.out / FOLDS_DIR).mkdir(parents=True, exist_ok=True)
     for f, assignment in enumerate(assignments):
         write_text_atomic(args.out / FOLDS_DIR / fold_assignment(f), json.dumps(assignment, sort_keys=True))
-    protocol.update(configs=list(args.config), overrides=list(overrides))
+    if args.run_folds and not all(0 <= f < len(protocol["fold_counts"]) for f in args.run_folds):
+        raise SystemExit(f"ser-experiment: --run-folds {args.run_folds} outside 0..{len(protocol['fold_counts']) - 1}")
+    protocol.update(configs=list(configs), overrides=list(overrides), stage=stage, run_folds=args.run_folds,
+                    grid=[{"name": a.name, "values": a.values} for a in axes],
+                    table=None if args.table is None else str(args.table))  # fmt: skip
     write_text_atomic(path, json.dumps(protocol, indent=2) + "\n")  # the tasks of a job array write it alike
-    log.info("%d folds of %s: %s", len(assignments), shards, protocol["fold_counts"])
-    return len(assignments)
+    log.info("%d folds of %s: %s", len(protocol["fold_counts"]), shards, protocol["fold_counts"])
+    return Folds(len(protocol["fold_counts"]), bool(assignments))
 
 
-def train_args(out: Path, fold: int, seed: int, configs: list[str], overrides: list[str]) -> list[str]:
-    """The ``train.py`` command line of one run: fit + test into ``OUT/fold{f}_seed{s}/``."""
-    args = ["fit"]
+def train_args(
+    out: Path,
+    fold: int,
+    seed: int,
+    configs: list[str],
+    overrides: list[str],
+    cell_args: list[str] | tuple[str, ...] = (),
+    stage: str = "fit",
+    assigned: bool = True,
+    cell: str = "",
+) -> list[str]:
+    """The ``train.py`` command line of one run: fit + test (or test only) into ``OUT/<cell>/fold{f}_seed{s}/``.
+
+    The grid cell's arguments come after the configs and before the overrides, so an override has the last word.
+    """
+    args = [stage]
     for config in configs:
         args += ["--config", str(config)]
-    return args + list(overrides) + [
-        "--seed_everything", str(seed),
-        "--data.seed", str(seed),
-        "--data.split_assignment", str(out / FOLDS_DIR / fold_assignment(fold)),
-        "--test_after_fit", "true",
-        "--trainer.logger.init_args.save_dir", str(out),
+    args += [*cell_args, *overrides, "--seed_everything", str(seed), "--data.seed", str(seed)]
+    if assigned:
+        args += ["--data.split_assignment", str(out / FOLDS_DIR / fold_assignment(fold))]
+    if stage == "fit":
+        args += ["--test_after_fit", "true"]
+    return args + [
+        "--trainer.logger.init_args.save_dir", str(out / cell if cell else out),
         "--trainer.logger.init_args.name", "",
         "--trainer.logger.init_args.version", experiment_run(fold, seed),
     ]  # fmt: skip
 
 
-def _run(out: Path, fold: int, seed: int, configs: list[str], overrides: list[str], in_process: bool) -> bool:
-    """Run one fold x seed unless its ``test_metrics.json`` exists; whether it has one afterwards."""
-    run_dir = out / experiment_run(fold, seed)
-    if (run_dir / TEST_METRICS).is_file():
-        log.info("fold %d seed %d: done before (%s), skipped", fold, seed, run_dir)
+def _run(job: Job, in_process: bool) -> bool:
+    """Run one job unless its ``test_metrics.json`` exists; whether it has one afterwards."""
+    where = f"{job.cell.name + ' ' if job.cell.name else ''}fold {job.fold} seed {job.seed}"
+    if (job.run_dir / TEST_METRICS).is_file():
+        log.info("%s: done before (%s), skipped", where, job.run_dir)
         return True
-    if run_dir.exists():  # an interrupted run: start it over
-        log.warning("fold %d seed %d: %s has no test_metrics.json; running it again from scratch", fold, seed, run_dir)
-        shutil.rmtree(run_dir)
-    args = train_args(out, fold, seed, configs, overrides)
-    log.info("fold %d seed %d: train.py %s", fold, seed, " ".join(args))
+    if job.run_dir.exists():  # an interrupted run: start it over
+        log.warning("%s: %s has no test_metrics.json; running it again from scratch", where, job.run_dir)
+        shutil.rmtree(job.run_dir)
+    log.info("%s: train.py %s", where, " ".join(job.args))
     if in_process:
         from ser_lightning.cli.train import main as train_main
 
         try:
-            train_main(args)
+            train_main(job.args)
         except (Exception, SystemExit):
-            log.exception("fold %d seed %d failed", fold, seed)
+            log.exception("%s failed", where)
     else:
-        code = subprocess.call([sys.executable, "-m", "ser_lightning.cli.experiment", TRAIN_ENTRY, *args])
+        code = subprocess.call([sys.executable, "-m", "ser_lightning.cli.experiment", TRAIN_ENTRY, *job.args])
         if code:
-            log.error("fold %d seed %d: train.py exited with status %d", fold, seed, code)
-    return (run_dir / TEST_METRICS).is_file()
+            log.error("%s: train.py exited with status %d", where, code)
+    return (job.run_dir / TEST_METRICS).is_file()
 
 
 def _aggregate(out: Path) -> int:
+    """Write each cell's ``summary.*``, ``grid.json`` for a grid, and the table of a table file."""
     protocol_path = out / PROTOCOL
     protocol = json.loads(protocol_path.read_text(encoding="utf-8")) if protocol_path.is_file() else None
-    summary = aggregate(out, protocol)
-    if not summary["runs"]:
+    axes = [Axis(a["name"], a["values"]) for a in (protocol or {}).get("grid") or []]
+    cells = grid_cells(axes)
+    summaries: dict[str, dict] = {}
+    for cell in cells:
+        summary = aggregate(out / cell_dir(cell), protocol)
+        if summary["runs"]:
+            write_summary(out / cell_dir(cell), summary)
+            summaries[cell.name] = summary
+    if not summaries:
         log.error("%s: no finished run (fold*_seed*/test_metrics.json)", out)
         return 1
-    write_summary(out, summary)
-    log.warning("%d runs aggregated into %s (summary.json, .md, .csv)%s", len(summary["runs"]), out,
-                f"; missing: {summary['missing']}" if summary.get("missing") else "")  # fmt: skip
+    runs = sum(len(s["runs"]) for s in summaries.values())
+    if axes:
+        grid = [{"cell": c.name, "labels": c.labels, "dir": cell_dir(c), "runs": len(summaries.get(c.name, {}).get(
+            "runs", [])), "missing": summaries.get(c.name, {}).get("missing")} for c in cells]  # fmt: skip
+        write_text_atomic(out / GRID, json.dumps({"axes": protocol["grid"], "cells": grid}, indent=2) + "\n")
+    table = (protocol or {}).get("table")
+    where = "" if table is None else f"; table: {write_tables(out, read_table_file(table), cells, summaries)}"
+    log.warning("%d runs aggregated into %s (summary.json, .md, .csv per cell)%s", runs, out, where)
     return 0
 
 

@@ -3,8 +3,10 @@
 A run directory holds ``test_metrics.json`` and ``test_predictions.jsonl`` (both written by ``train.py test``),
 for an ALM and a trained model alike. Writes into ``--out``:
 
-- ``report.md`` / ``report.csv``: JS, BC, R², accuracy and macro-F1 per run, n scored, the valid-output fraction
-  of ALM runs, and the relative change against the baseline run in percent, positive = better (Table 2).
+- ``report.md`` / ``report.csv``: JS, BC, R², accuracy and macro-F1 per run, n scored, the utterances left out as
+  invalid and the valid-output fraction of every run (paper 003 Appendix A.2: only valid answers are evaluated;
+  ``n/a`` for runs that did not record them), and the relative change against the baseline run in percent,
+  positive = better (Table 2).
 - ``entropy_bins.png`` / ``entropy_bins.csv``: the median per-utterance JS, BC and R² in five equal-width bins of
   normalised target entropy H(target) / log C on [0, 1] (Fig. 3), with the count per bin.
 

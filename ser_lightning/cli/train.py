@@ -26,7 +26,8 @@ from ser_lightning.data.stream.datamodule import SERDataModule
 from ser_lightning.models.base import DistributionModule
 from ser_lightning.nn.pretrained import pretrained_error
 from ser_lightning.runs.checkpoint import spec_from_config
-from ser_lightning.runs.metrics_json import pass_metrics, summary_line, write_pass_metrics
+from ser_lightning.runs.metrics_json import combined_split_metrics, pass_metrics, summary_line, write_pass_metrics
+from ser_lightning.runs.names import scored_predictions_file
 from ser_lightning.runs.run_dirs import mark_fit_complete, place_stage_outputs, resolve_last
 from ser_lightning.types import LINKED_FACTS
 
@@ -195,7 +196,7 @@ class SERLightningCLI(LightningCLI):
     def after_fit(self) -> None:
         """Optionally test the best checkpoint right away; then mark the run's fit finished (``--ckpt_path auto``)."""
         if self.config.get(self.subcommand, {}).get("test_after_fit"):
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best")
+            self.test(model=self.model, datamodule=self.datamodule, ckpt_path="best")
             self._write_metrics("test")
         trainer = self.trainer
         log_dir = trainer.log_dir or trainer.default_root_dir  # collective under DDP: every rank asks
@@ -206,6 +207,34 @@ class SERLightningCLI(LightningCLI):
         """Write ``validate_metrics.json`` into the log directory."""
         self._write_metrics("validate")
         self._announce("validate")
+
+    def test(self, **kwargs: Any) -> None:
+        """``trainer.test`` once per test split (``data.test_split: [test1, test2]``), else once as Lightning does.
+
+        With several splits each pass streams one split, accounts for it and logs under ``test/<split>/``
+        (predictions into ``test_predictions_<split>.jsonl``); their metrics are joined into one
+        ``test_metrics.json`` (:func:`~ser_lightning.runs.metrics_json.combined_split_metrics`).
+        """
+        datamodule, model = self.datamodule, self.model
+        splits = list(getattr(datamodule, "test_splits", None) or [None])
+        self._test_passes: dict[str, dict[str, Any] | None] = {}
+        if len(splits) == 1:
+            self.trainer.test(**kwargs)
+            return
+        try:
+            for split in splits:
+                datamodule.use_test_split(split)
+                model.connect_data(datamodule.facts())  # the expectation of this split
+                model.eval_prefix["test"] = f"test/{split}"
+                model.test_predictions.file_name = scored_predictions_file(split)
+                self.trainer.test(**kwargs)
+                # every rank keeps the key (rank 0 the metrics): _write_metrics then takes the same path everywhere
+                self._test_passes[split] = self._pass_metrics("test", prefix=f"test/{split}")
+        finally:
+            datamodule.use_test_split(splits[0])
+            model.connect_data(datamodule.facts())
+            model.eval_prefix["test"] = "test"
+            model.test_predictions.file_name = scored_predictions_file()
 
     def after_test(self) -> None:
         """Write ``test_metrics.json`` (with reference predictors) into the log directory."""
@@ -229,16 +258,33 @@ class SERLightningCLI(LightningCLI):
     def _write_metrics(self, stage: str) -> None:
         """Write ``{stage}_metrics.json`` (:mod:`ser_lightning.runs.metrics_json`) on rank 0 and log its summary line.
 
-        A test pass adds bootstrap intervals (``--bootstrap_samples``, ``--bootstrap_seed``) and calibration.
+        A test pass adds bootstrap intervals (``--bootstrap_samples``, ``--bootstrap_seed``) and calibration; the
+        passes of several test splits (:meth:`test`) are joined into one file.
         """
         trainer = self.trainer
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective call under DDP: every rank asks
-        if trainer.global_rank != 0:
+        passes = getattr(self, "_test_passes", None) if stage == "test" else None
+        if passes:
+            if trainer.global_rank == 0:
+                out = write_pass_metrics(log_dir, stage, combined_split_metrics(passes))
+                for split, metrics in passes.items():  # type: ignore[union-attr]
+                    log.warning("%s", summary_line(stage, metrics, out, prefix=f"test/{split}"))
             return
+        metrics = self._pass_metrics(stage)
+        if metrics is not None:
+            out = write_pass_metrics(log_dir, stage, metrics)
+            log.warning("%s", summary_line(stage, metrics, out))
+
+    def _pass_metrics(self, stage: str, prefix: str | None = None) -> dict[str, Any] | None:
+        """The pass's ``pass_metrics`` on rank 0 (``None`` on the others); ``prefix`` of one of several test splits."""
+        trainer = self.trainer
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective call under DDP: every rank asks
+        if trainer.global_rank != 0:
+            return None
         config = self.config.get(str(self.subcommand), self.config)
         model = self.model
         experiment = getattr(trainer.logger, "experiment", None) if trainer.logger else None
-        metrics = pass_metrics(
+        return pass_metrics(
             stage,
             trainer.callback_metrics,
             model.eval_reports.get("test" if stage == "test" else "val"),
@@ -249,9 +295,8 @@ class SERLightningCLI(LightningCLI):
             bootstrap_seed=int(config.get("bootstrap_seed") or 0),
             out_dir=log_dir,
             experiment=experiment,
+            prefix=prefix,
         )
-        out = write_pass_metrics(log_dir, stage, metrics)
-        log.warning("%s", summary_line(stage, metrics, out))
 
 
 def _slurm_tasks() -> bool:

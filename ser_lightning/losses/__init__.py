@@ -17,6 +17,7 @@ from ser_lightning.losses.curriculum import (
     weighted_batch_mean,
 )
 from ser_lightning.losses.divergence import JSDivergenceLoss, KLDivergenceLoss
+from ser_lightning.losses.hard_targets import neutral_guard_class
 from ser_lightning.losses.vad import GaussianNLLCCCLoss, scale_vad_targets
 from ser_lightning.losses.wkld import ClassWeightedKLDivergenceLoss, inverse_frequency_weights, weighted_kl_divergence
 
@@ -39,6 +40,7 @@ __all__ = [
     "expert_weights",
     "inverse_frequency_weights",
     "mai_loss",
+    "neutral_guard_class",
     "rai_loss",
     "scale_vad_targets",
     "soft_class_balanced_cross_entropy",

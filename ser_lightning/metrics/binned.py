@@ -10,6 +10,7 @@ per-bin classification scores are exact under DDP (uneven samples per rank inclu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ from ser_lightning.metrics.functional.probability import dominant_class
 WIDTH_EDGES = (1 / 3, 2 / 3)  # the paper's equal-width bins of H / log C: [0, 1/3), [1/3, 2/3), [2/3, 1]
 EDGE_ATOL = 1e-9  # a normalised entropy this close to a width edge is on it (log C rounding, e.g. 2 of 8 tied)
 _LABEL_STATES = ("bins", "wbins", "pred_labels", "target_labels")
+_JS_COLUMN = list(DISTRIBUTION_METRICS).index("js")
 
 
 def tertile_bins(entropy: Tensor, edges: Sequence[float] | Tensor) -> Tensor:
@@ -44,9 +46,10 @@ def width_bins(entropy: Tensor, num_classes: int, edges: Sequence[float] = WIDTH
 
 
 class AmbiguityBinnedMetrics(Metric):
-    """JS, BC, R², KL (mean and median) and acc / F1 / W-F1 / UAR, overall and per entropy bin.
+    """JS, BC, R², KL (mean and median), JSD in nats and acc / F1 / W-F1 / UAR, overall and per entropy bin.
 
-    Keys of :meth:`compute`: ``js``, ``js_median``, ..., ``acc``, ``f1``, ``wf1``, ``uar``, ``count``, ``nonfinite``
+    Keys of :meth:`compute`: ``js`` (bits), ``js_median``, ..., ``jsd_nats`` (the mean JS in nats, paper 004's
+    unit), ``acc``, ``f1``, ``wf1``, ``uar``, ``count``, ``nonfinite``
     overall and the same under ``bin1/``, ``bin2/``, ... (bin 1 = least ambiguous) and, with ``width_edges``, under
     ``wbin1/``, ``wbin2/``, ...; with ``classes`` also ``f1/<class>``, the overall F1 of each class. ``nonfinite``
     counts the rows whose prediction or target holds a NaN or an infinity: they make every score of their group NaN
@@ -128,6 +131,8 @@ class AmbiguityBinnedMetrics(Metric):
             col = scores[:, i]
             out[name] = torch.tensor(float("nan")) if empty else col.mean().float()
             out[f"{name}_median"] = torch.tensor(float("nan")) if empty else torch.quantile(col, 0.5).float()
+        # paper 004 reports JSD in nats (its authors' metric_jsd_per_samp): ln 2 x the mean in bits
+        out["jsd_nats"] = torch.tensor(float("nan")) if empty else (scores[:, _JS_COLUMN].mean() * math.log(2)).float()
         finite = (pred >= 0) & (target >= 0)
         out["nonfinite"] = torch.tensor(float((~finite).sum()))
         cls = classification_scores(confusion_matrix(pred[finite], target[finite], self.num_classes))

@@ -47,7 +47,8 @@ class ALMDistribution(DistributionModule):
     left padded); the backbone is loaded frozen in :meth:`configure_model` on the run's device. Per utterance the
     predictions keep the raw answer(s) and parse strategies (``test_predictions.jsonl``), and each pass logs
     ``{stage}/valid_fraction``, ``{stage}/parse/<strategy>`` (candidates per Table-4 strategy),
-    ``{stage}/fallback`` and the verifier's ``unparseable`` / ``failures`` counts.
+    ``{stage}/fallback`` (``{stage}/excluded`` under ``invalid_fallback: exclude``) and the verifier's
+    ``unparseable`` / ``failures`` counts.
 
     Args:
         backbone: hub id (``Qwen/Qwen2-Audio-7B-Instruct``) or a local directory laid out like the hub's; ``None``
@@ -72,8 +73,13 @@ class ALMDistribution(DistributionModule):
         target: ``utterance`` ("...for the target utterance") or ``audio`` (A.1's CREMA-D wording).
         background: the prompt's Background row (Table 1's IEMOCAP sentence by default; ``null`` leaves it out).
         persona: annotation persona of ``exact`` (index into ``alm.prompts.PERSONAS``).
-        invalid_fallback: the distribution of an utterance with no valid answer: ``uniform`` or ``train_mean`` (the
-            training split's mean target, from the shards' card); counted as ``fallback``.
+        invalid_fallback: what an utterance with no valid answer gets: ``uniform`` or ``train_mean`` (the training
+            split's mean target, from the shards' card), scored and counted as ``fallback``; or ``exclude`` (paper 003
+            Appendix A.2: the valid fraction is reported and only valid answers are evaluated): left out of every
+            metric and the reference predictors, counted ``invalid`` in the pass's accounting and ``excluded``.
+            Its extras say ``valid: false, scored: false``: ``test_predictions.jsonl`` writes ``null``
+            probabilities, predict writes the uniform distribution (so every row has one). The default stays
+            ``uniform`` for checkpoints saved before ``exclude`` existed; the paper's configs set ``exclude``.
         verifier_backend: ``self`` (the same model verifies, as the offline tests do), ``qwen2-audio`` (another local
             model, ``verifier_model``) or ``gemini`` (any Gemini-API-compatible endpoint; the paper used GPT-4o).
         verifier_model: the verifier's hub id / directory or Gemini model name.
@@ -101,7 +107,7 @@ class ALMDistribution(DistributionModule):
         target: Literal["utterance", "audio"] = "utterance",
         background: str | None = IEMOCAP_BACKGROUND,
         persona: int = 0,
-        invalid_fallback: Literal["uniform", "train_mean"] = "uniform",
+        invalid_fallback: Literal["uniform", "train_mean", "exclude"] = "uniform",
         verifier_backend: Literal["self", "qwen2-audio", "gemini"] = "self",
         verifier_model: str | None = None,
         verifier_options: dict[str, Any] | None = None,
@@ -120,6 +126,8 @@ class ALMDistribution(DistributionModule):
             raise ValueError(f"strategy {strategy!r} takes {'one beam' if beams >= 1 else 'B >= 1'}, got {beams}")
         if tau <= 0:
             raise ValueError(f"tau must be positive, got {tau}")
+        if invalid_fallback not in ("uniform", "train_mean", "exclude"):
+            raise ValueError(f"invalid_fallback must be uniform, train_mean or exclude, got {invalid_fallback!r}")
         if verifier_backend != "self" and strategy in ("verifier", "wverifier") and not verifier_model:
             raise ValueError(f"verifier_backend {verifier_backend!r} needs verifier_model")
         if isinstance(prompt_classes, dict):
@@ -293,9 +301,7 @@ class ALMDistribution(DistributionModule):
             misses[1 if answer.failed else 0] += int(answer.score is None)
         return scores, verdicts, (misses[0], misses[1])
 
-    def _combine(
-        self, probs: Tensor, alpha: Tensor, scores: Tensor | None, valid: Tensor
-    ) -> tuple[Tensor, list[int]]:
+    def _combine(self, probs: Tensor, alpha: Tensor, scores: Tensor | None, valid: Tensor) -> tuple[Tensor, list[int]]:
         """The strategy's distribution ``(N, C)`` (NaN rows: no valid candidate) and the chosen candidate's index."""
         if self.strategy in ("base", "cot", "bon"):
             final, index = select_best(probs, alpha, valid)  # base/cot: the single greedy answer
@@ -312,17 +318,20 @@ class ALMDistribution(DistributionModule):
     def _finish(
         self, final: Tensor, details: list[dict[str, Any]], strategies: list[str], misses: tuple[int, int]
     ) -> tuple[Tensor, list[dict[str, Any]]]:
-        """Substitute the fallback for rows without a valid answer, mark them, count the batch."""
+        """Substitute the fallback for rows without a valid answer, mark them (unscored under exclude), count them."""
         valid = ~final.isnan().any(-1)
         if not bool(valid.all()):
             final = torch.where(valid[:, None], final, self._fallback().to(final)[None, :].expand_as(final))
+        exclude = self.hparams.invalid_fallback == "exclude"
         for record, ok in zip(details, valid.tolist(), strict=True):
             record["valid"] = bool(ok)
+            if exclude and not ok:
+                record["scored"] = False  # the base class leaves the row out of every metric (counted invalid)
         self._parse_tally().update(strategies, valid, *misses)
         return final.to(device=self.device, dtype=torch.float32), details
 
     def _fallback(self) -> Tensor:
-        """The named fallback distribution: uniform, or the training split's mean target."""
+        """The named fallback distribution: uniform (also what ``exclude`` predicts), or the train split's mean."""
         if self.hparams.invalid_fallback == "train_mean":
             stage = "test" if self._stage() == "test" else "val"
             mean = (self._expectation.get(stage) or {}).get("train_mean")
@@ -348,7 +357,9 @@ class ALMDistribution(DistributionModule):
         if int(tally.utterances) == 0 and self.trainer.world_size == 1:
             return
         values = tally.compute()  # synchronised across ranks
-        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, sync_dist=False)
+        if self.hparams.invalid_fallback == "exclude":  # no fallback was scored: the rows were left out
+            values["excluded"] = values.pop("fallback")
+        self.log_dict({f"{self.eval_prefix[stage]}/{k}": v for k, v in values.items()}, sync_dist=False)
         tally.reset()
 
     def on_validation_epoch_end(self) -> None:
@@ -367,7 +378,8 @@ class ALMDistribution(DistributionModule):
         if int(tally.utterances):
             values = tally.compute()
             log.warning(
-                "predict: %.1f%% of %d utterances had a valid answer", 100 * float(values["valid_fraction"]),
+                "predict: %.1f%% of %d utterances had a valid answer",
+                100 * float(values["valid_fraction"]),
                 int(tally.utterances),
             )
         tally.reset()

@@ -122,7 +122,7 @@ class AmbER2(DistributionModule):
         """Log the student's metrics, then each head's under ``{stage}/{head}/`` (synchronised across ranks)."""
         super()._log_eval(stage)
         for m in HEADS:
-            self.log_eval_metric(f"{stage}/{m}", self.head_metrics[stage][m])
+            self.log_eval_metric(f"{self.eval_prefix[stage]}/{m}", self.head_metrics[stage][m])
 
     def training_loss(self, batch: Batch) -> dict[str, Tensor]:
         """AmbER² (Eq. 6) or CB-CE loss terms, with the expert weights u_m for logging."""

@@ -7,14 +7,17 @@ The data facts come in through :meth:`DistributionModule.connect_data` (``ser_li
 over by the CLI from ``SERDataModule.facts()``); the model never reads ``trainer.datamodule``.
 
 Every validation / test pass is accounted for (:attr:`DistributionModule.eval_reports`,
-:mod:`ser_lightning.runs.accounting`): the samples scored plus those the stream skipped (with reasons) must add up
+:mod:`ser_lightning.runs.accounting`): the samples scored, those with no valid prediction (``invalid``: an ALM's
+unparseable answers under ``invalid_fallback: exclude``) and those the stream skipped (with reasons) must add up
 to the card's count for the split (the facts' ``expectations``); otherwise the run stops with an error naming
 the split, the counts and the damaged shards, or with ``allow_partial_eval`` warns and reports
 ``complete: false``. A pass the trainer cut on purpose (``limit_*_batches``, ``fast_dev_run``, sanity
 check) is reported as incomplete without an error.
 
-Every test pass also writes ``test_predictions.jsonl`` into the log directory (one line per scored utterance:
-target, prediction and the model's per-utterance extras, see :mod:`ser_lightning.runs.scored_records`).
+Every test pass also writes ``test_predictions.jsonl`` into the log directory (one line per utterance: target,
+prediction (``null`` where not scored) and the model's per-utterance extras, see
+:mod:`ser_lightning.runs.scored_records`). Metrics are logged under :attr:`DistributionModule.eval_prefix`
+(``test/<split>`` while the CLI tests several splits in turn).
 
 Every checkpoint describes itself (``checkpoint["ser_lightning"]``, :mod:`ser_lightning.runs.checkpoint`: classes,
 sample rate, label source, bin edges, the DataModule's input settings, the model's class path and init arguments)
@@ -79,6 +82,8 @@ class DistributionModule(L.LightningModule):
         self._tally: dict[str, PassTally] = {stage: PassTally() for stage in EVAL_STAGES}
         self._expectation: dict[str, EvalExpectation | None] = dict.fromkeys(EVAL_STAGES)
         self.eval_reports: dict[str, dict[str, Any]] = {}  # stage -> the last pass's accounting (see _account)
+        # stage -> the prefix of its logged metrics: "test/<split>" while the CLI tests several splits in turn
+        self.eval_prefix: dict[str, str] = {stage: stage for stage in EVAL_STAGES}
         self.test_predictions = ScoredRecords(self.classes)  # the test pass's records -> test_predictions.jsonl
         self.data_facts: DataFacts | None = None  # what the data told this model (connect_data)
         self._model_spec: dict[str, Any] | None = None  # {"class_path", "init_args"}: see set_model_spec
@@ -122,9 +127,16 @@ class DistributionModule(L.LightningModule):
         self.log_dict({f"train/{k}": v for k, v in terms.items() if k != "loss"}, batch_size=batch_size)
         return terms["loss"]
 
-    def _eval_step(self, stage: str, batch: Batch) -> None:
+    def _eval_step(self, stage: str, batch: Batch) -> Tensor | None:
+        """Predict and score the batch; returns the ``(B,)`` mask of the rows scored, ``None`` when all were.
+
+        A row whose extras say ``"scored": false`` (an ALM's invalid answer under ``invalid_fallback: exclude``) is
+        left out of every metric (``ScoredRecords.scored_rows``).
+        """
         probs, extras = self.predict_with_details(batch)
-        self._update_eval_metrics(stage, probs, batch, extras)
+        scored = ScoredRecords.scored_rows(extras, batch["targets"].device)
+        self._update_eval_metrics(stage, probs, batch, extras, scored)
+        return scored
 
     def _eval_batch(self, stage: str, batch: Batch) -> None:
         """Tally the batch (its samples and the stream's skips) and score it, unless it only carries skips."""
@@ -132,17 +144,32 @@ class DistributionModule(L.LightningModule):
         tally.add_skips(batch)
         if skips_only(batch):
             return
-        self._eval_step(stage, batch)
+        scored = self._eval_step(stage, batch)  # None: every row scored (subclasses' steps return nothing)
+        targets = batch["targets"]
+        if scored is not None:  # rows without a valid prediction: accounted for as invalid, in no metric
+            tally.add_invalid(int((~scored).sum()))
+            targets = targets[scored.to(targets.device)]
         # reference predictors on exactly the scored samples: uniform, and the train split's mean distribution
-        tally.add_scored(batch["targets"], (self._expectation[stage] or {}).get("train_mean"))
+        tally.add_scored(targets, (self._expectation[stage] or {}).get("train_mean"))
 
     def _update_eval_metrics(
-        self, stage: str, probs: Tensor, batch: Batch, extras: list[dict[str, Any]] | None = None
+        self,
+        stage: str,
+        probs: Tensor,
+        batch: Batch,
+        extras: list[dict[str, Any]] | None = None,
+        scored: Tensor | None = None,
     ) -> None:
+        """Score the rows of ``scored`` (all when ``None``); a test pass records every row, unscored ones as NaN."""
+        targets, ent, kept = batch["targets"], batch["entropy"], probs
+        if scored is not None:
+            kept, targets, ent = probs[scored.to(probs.device)], targets[scored], ent[scored.to(ent.device)]
         # bins follow the target entropy stored with each sample (float64 nats), not one recomputed here
-        self.eval_metrics[stage].update(probs.float(), batch["targets"].float(), batch["entropy"])
+        if kept.shape[0]:
+            self.eval_metrics[stage].update(kept.float(), targets.float(), ent)
         if stage == "test":
-            self.test_predictions.add(batch, probs, extras)
+            shown = probs if scored is None else probs.masked_fill(~scored.to(probs.device)[:, None], math.nan)
+            self.test_predictions.add(batch, shown, extras)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         """Accumulate validation metrics."""
@@ -197,11 +224,12 @@ class DistributionModule(L.LightningModule):
         report = pass_report(stage, tallies, expectation, limited)
         self.eval_reports[stage] = report
         if not self.trainer.sanity_checking:
+            prefix = self.eval_prefix[stage]
             for name in ("skipped", "scored"):
-                self.log(f"{stage}/{name}", float(report[name]), sync_dist=False)
+                self.log(f"{prefix}/{name}", float(report[name]), sync_dist=False)
             for name, value in report["reference"].items():
                 if value is not None:
-                    self.log(f"{stage}/reference/{name}", value, sync_dist=False)
+                    self.log(f"{prefix}/reference/{name}", value, sync_dist=False)
         if limited or report["complete"] is not False:
             return
         damaged = None if self.data_facts is None else self.data_facts.damaged_shards
@@ -218,8 +246,9 @@ class DistributionModule(L.LightningModule):
             return  # nothing was evaluated (e.g. limit_val_batches=0); under DDP every rank joins the sync
         values = metric.compute()
         # compute() is synchronised across ranks: every rank logs the same numbers
-        self.log(f"{stage}/js", values["js"], prog_bar=True, sync_dist=False)
-        self.log_dict({f"{stage}/{k}": v for k, v in values.items() if k != "js"}, sync_dist=False)
+        prefix = self.eval_prefix[stage]
+        self.log(f"{prefix}/js", values["js"], prog_bar=True, sync_dist=False)
+        self.log_dict({f"{prefix}/{k}": v for k, v in values.items() if k != "js"}, sync_dist=False)
         if not self.trainer.sanity_checking:
             self._log_figures(stage, values, metric.confusion())
         metric.reset()
@@ -228,8 +257,9 @@ class DistributionModule(L.LightningModule):
         experiment = getattr(self.logger, "experiment", None) if self.logger else None
         if self.global_rank != 0 or not hasattr(experiment, "add_figure"):
             return
-        experiment.add_figure(f"{stage}/per_bin", bin_bar_chart(values), self.global_step, close=True)
-        experiment.add_figure(f"{stage}/confusion", confusion_figure(confusion.cpu(), self.classes), self.global_step)
+        prefix = self.eval_prefix[stage]
+        experiment.add_figure(f"{prefix}/per_bin", bin_bar_chart(values), self.global_step, close=True)
+        experiment.add_figure(f"{prefix}/confusion", confusion_figure(confusion.cpu(), self.classes), self.global_step)
 
     def new_eval_metric(self) -> AmbiguityBinnedMetrics:
         """A metric collection built like each stage's ``eval_metrics`` (bins, width bins, class names): for extras."""

@@ -5,6 +5,7 @@ from ser_lightning.nn.distribution_head import EmotionClassifierHead
 from ser_lightning.nn.heads import GatedFusion, MLPHead
 from ser_lightning.nn.mel import MelEncoder
 from ser_lightning.nn.pooling import AttentiveStatisticsPooling, MeanPooling, masked_mean
+from ser_lightning.nn.tc_gru import TCGRUPooling
 from ser_lightning.nn.text import TextEncoder, minilm_path, tiny_text_config
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "MLPHead",
     "MeanPooling",
     "MelEncoder",
+    "TCGRUPooling",
     "TextEncoder",
     "masked_mean",
     "minilm_path",

@@ -24,9 +24,12 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel
 
 from ser_lightning.nn.pooling import AttentiveStatisticsPooling, MeanPooling
 from ser_lightning.nn.pretrained import pretrained
+from ser_lightning.nn.tc_gru import TCGRUPooling
 
-AudioFreeze = Literal["none", "all", "feature_extractor"]
-AudioPooling = Literal["mean", "attentive"]
+AudioFreeze = Literal["none", "all", "feature_extractor", "below_layers"]
+AudioPooling = Literal["mean", "attentive", "tc_gru"]
+FREEZE_MODES = ("none", "all", "feature_extractor", "below_layers")
+POOLING_MODES = ("mean", "attentive", "tc_gru")
 
 _NORM_EPS = 1e-7  # as Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm
 
@@ -129,6 +132,7 @@ class AudioEncoder(nn.Module):
         config: dict[str, Any] | None = None,
         freeze: AudioFreeze = "feature_extractor",
         pooling: AudioPooling = "mean",
+        pooling_options: dict[str, Any] | None = None,
         layer_weighted_sum: bool = False,
         mask_time_prob: float | None = None,
         layerdrop: float | None = 0.0,
@@ -142,8 +146,15 @@ class AudioEncoder(nn.Module):
                 scratch (``AutoConfig.for_model(**config)``); see ``tiny_audio_config``.
             freeze: ``"none"``: train everything; ``"feature_extractor"``: freeze the convolutional waveform
                 encoder (the usual fine-tuning recipe); ``"all"``: freeze the whole SSL model (run without
-                gradients; layer weights and pooling still train). Frozen parts stay in eval mode.
-            pooling: ``"mean"`` over valid frames, or ``"attentive"`` statistics pooling (mean and std).
+                gradients; layer weights and pooling still train); ``"below_layers"``: freeze everything below
+                the transformer layers (convolutional encoder, feature projection, positional convolution, the
+                encoder's layer norm), the layers train (or are unfrozen on a schedule by
+                :class:`~ser_lightning.callbacks.unfreezing.GradualUnfreezing`, paper 004). Frozen convolutional
+                encoders stay in eval mode.
+            pooling: ``"mean"`` over valid frames, ``"attentive"`` statistics pooling (mean and std), or
+                ``"tc_gru"``: paper 004's temporal conv + GRU head (:class:`~ser_lightning.nn.tc_gru.TCGRUPooling`).
+            pooling_options: keyword arguments of the pooling module (``tc_gru``: ``conv_channels``, ``gru_hidden``,
+                ``gru_layers``, ``emb_dim``, ``dropout``, ...; ``attentive``: ``attention_dim``).
             layer_weighted_sum: pool a learned softmax-weighted sum of all hidden states (the embedding output
                 and every layer) instead of the last layer.
             mask_time_prob: SpecAugment time-masking probability during training; ``None`` or 0 turns
@@ -152,10 +163,10 @@ class AudioEncoder(nn.Module):
                 layers leave parameters without gradients under DDP. ``None`` keeps the checkpoint's value.
         """
         super().__init__()
-        if freeze not in ("none", "all", "feature_extractor"):
-            raise ValueError(f"freeze must be 'none', 'all' or 'feature_extractor', got {freeze!r}")
-        if pooling not in ("mean", "attentive"):
-            raise ValueError(f"pooling must be 'mean' or 'attentive', got {pooling!r}")
+        if freeze not in FREEZE_MODES:
+            raise ValueError(f"freeze must be one of {FREEZE_MODES}, got {freeze!r}")
+        if pooling not in POOLING_MODES:
+            raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
         if mask_time_prob is not None and not 0.0 <= mask_time_prob <= 1.0:
             raise ValueError(f"mask_time_prob must be in [0, 1], got {mask_time_prob}")
         if layerdrop is not None and not 0.0 <= layerdrop < 1.0:
@@ -176,7 +187,7 @@ class AudioEncoder(nn.Module):
             self.layer_weights = None
         if getattr(model_config, "add_adapter", False):
             hidden_size = int(getattr(model_config, "output_hidden_size", None) or hidden_size)
-        self.pooling = MeanPooling() if pooling == "mean" else AttentiveStatisticsPooling(hidden_size)
+        self.pooling = _pooling(pooling, hidden_size, dict(pooling_options or {}))
         self.output_dim = self.pooling.output_dim(hidden_size)
         self._freeze_parts(spec_augment=bool(mask_time_prob))
 
@@ -184,6 +195,9 @@ class AudioEncoder(nn.Module):
         """Turn off gradients of the frozen parts (and of the SpecAugment embedding when masking is off)."""
         if self.freeze == "all":
             self.model.requires_grad_(False)
+        elif self.freeze == "below_layers":
+            self.model.requires_grad_(False)
+            self.transformer_layers().requires_grad_(True)
         elif self.freeze == "feature_extractor":
             if hasattr(self.model, "freeze_feature_encoder"):
                 self.model.freeze_feature_encoder()
@@ -202,10 +216,17 @@ class AudioEncoder(nn.Module):
             return None
         return {"source": self.source, "module": "model" if self.freeze == "all" else "model.feature_extractor"}
 
+    def transformer_layers(self) -> nn.ModuleList:
+        """The transformer layers, bottom first (``model.encoder.layers``): what gradual unfreezing unfreezes."""
+        layers = getattr(getattr(self.model, "encoder", None), "layers", None)
+        if not isinstance(layers, nn.ModuleList):
+            raise TypeError(f"{type(self.model).__name__} has no encoder.layers")
+        return layers
+
     def _frozen_modules(self) -> list[nn.Module]:
         if self.freeze == "all":
             return [self.model]
-        if self.freeze == "feature_extractor":
+        if self.freeze in ("feature_extractor", "below_layers"):
             return [self.model.feature_extractor]
         return []
 
@@ -220,15 +241,15 @@ class AudioEncoder(nn.Module):
         """Number of valid output frames for clips of ``sample_lengths`` valid samples (``(B,)`` long)."""
         return self.model._get_feat_extract_output_lengths(sample_lengths).to(torch.long)
 
-    def forward(self, audio: Tensor, audio_mask: Tensor | None = None) -> Tensor:
-        """Embed a batch of right-padded waveforms.
+    def frames(self, audio: Tensor, audio_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Frame-level states of a batch of right-padded waveforms, and which frames are valid.
 
         Args:
             audio: ``(B, T)`` float waveforms at ``sample_rate``, zero-padded on the right.
             audio_mask: ``(B, T)`` with 1 on valid samples (``None``: all valid).
 
         Returns:
-            ``(B, output_dim)`` clip embeddings, pooled over each clip's valid frames.
+            ``(B, F, hidden)`` states (the last layer's, or the learned layer mix) and the ``(B, F)`` bool frame mask.
         """
         if audio.dim() != 2:
             raise ValueError(f"expected audio of shape (B, T), got {tuple(audio.shape)}")
@@ -247,7 +268,11 @@ class AudioEncoder(nn.Module):
             )
         hidden = outputs.last_hidden_state if self.layer_weights is None else self._weighted_layers(outputs)
         frame_mask = torch.arange(hidden.shape[1], device=hidden.device) < frame_lengths.unsqueeze(-1)
-        return self.pooling(hidden, frame_mask)
+        return hidden, frame_mask
+
+    def forward(self, audio: Tensor, audio_mask: Tensor | None = None) -> Tensor:
+        """Embed a batch of right-padded waveforms: ``(B, output_dim)``, pooled over each clip's valid frames."""
+        return self.pooling(*self.frames(audio, audio_mask))
 
     def _weighted_layers(self, outputs: Any) -> Tensor:
         """Softmax-weighted sum of the embedding output and every layer's hidden states.
@@ -260,3 +285,14 @@ class AudioEncoder(nn.Module):
             raise RuntimeError(f"expected {self.layer_weights.shape[0]} hidden states, got {states.shape[0]}")
         weights = torch.softmax(self.layer_weights, dim=0).to(states.dtype)
         return torch.einsum("l,lbtd->btd", weights, states)
+
+
+def _pooling(name: str, dim: int, options: dict[str, Any]) -> nn.Module:
+    """The pooling module ``name`` over states of size ``dim``, built with ``options``."""
+    if name == "mean":
+        if options:
+            raise ValueError(f"mean pooling takes no options, got {sorted(options)}")
+        return MeanPooling()
+    if name == "attentive":
+        return AttentiveStatisticsPooling(dim, **options)
+    return TCGRUPooling(dim, **options)

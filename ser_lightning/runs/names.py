@@ -5,6 +5,7 @@ run ``OUT/fold{f}_seed{s}/``) holds:
 
 - ``{stage}_metrics.json`` (:func:`metrics_file`): every number of a validation or test pass (``runs.metrics_json``);
 - ``test_predictions.jsonl``: each scored test utterance's target and prediction (``runs.scored_records``);
+  ``test_predictions_<split>.jsonl`` per split when a run tests several (``data.test_split: [test1, test2]``);
 - ``predictions.jsonl``: what ``predict`` wrote (``callbacks.prediction_writer``);
 - ``reliability.png``: the test pass's reliability diagram;
 - ``checkpoints/`` with ``last.ckpt`` and the best ones, and for Qwen2-Audio ``best_adapter/`` / ``last_adapter/``;
@@ -28,11 +29,22 @@ ADAPTER_HEAD_SPEC = "head.json"
 PROTOCOL = "protocol.json"
 FOLDS_DIR = "folds"
 SUMMARY_STEM = "summary"  # summary.json, summary.md, summary.csv
+GRID = "grid.json"  # a ser-experiment grid's cells
 
 
 def metrics_file(stage: str) -> str:
     """``{stage}_metrics.json``: ``validate_metrics.json`` or ``test_metrics.json``."""
     return f"{stage}_metrics.json"
+
+
+def scored_predictions_file(split: str | None = None) -> str:
+    """``test_predictions.jsonl``, or ``test_predictions_<split>.jsonl`` for one of several test splits of a run."""
+    return TEST_PREDICTIONS if split is None else f"test_predictions_{split}.jsonl"
+
+
+def reliability_file(split: str | None = None) -> str:
+    """``reliability.png``, or ``reliability_<split>.png`` for one of several test splits of a run."""
+    return RELIABILITY_FIGURE if split is None else f"reliability_{split}.png"
 
 
 def experiment_run(fold: int, seed: int) -> str:

@@ -1,11 +1,13 @@
-"""``test_predictions.jsonl``: every scored test utterance's target and prediction, for reports after the fact.
+"""``test_predictions.jsonl``: every test utterance's target and prediction, for reports after the fact.
 
 One strict-JSON object per line, sorted by id: ``id``, ``classes`` (the order of the two distributions),
 ``target`` (the distribution the metrics scored against), ``target_entropy`` (nats, the entropy stored with the
 sample, the one the ambiguity bins use), ``probabilities`` (the prediction the metrics scored) and any
 per-utterance extras of the model (an ALM's raw output and parse strategy). Non-finite numbers are written as
-``null``. ``ser_lightning.alm.report`` reads it; the bootstrap intervals and calibration of
-:mod:`ser_lightning.runs.metrics_json` are computed from the records gathered on rank 0.
+``null``. A row whose extras say ``"scored": false`` (an ALM's invalid answer under ``invalid_fallback: exclude``,
+paper 003 Appendix A.2) was left out of every metric: it keeps its raw answer, its ``probabilities`` are ``null``,
+and :func:`is_scored` tells it apart. ``ser_lightning.alm.report`` reads the file; the bootstrap intervals and
+calibration of :mod:`ser_lightning.runs.metrics_json` are computed from the scored records gathered on rank 0.
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ from ser_lightning.runs.names import TEST_PREDICTIONS
 from ser_lightning.types import Batch
 
 CORE_KEYS = ("id", "target", "target_entropy", "probabilities")
+SCORED_KEY = "scored"  # a per-utterance extra: False leaves the row out of every metric (counted invalid)
+
+
+def is_scored(record: dict[str, Any]) -> bool:
+    """Whether a record (or a model's per-utterance extras) was scored: all are, unless ``"scored": false``."""
+    return record.get(SCORED_KEY, True) is not False
 
 
 def merge_extras(record: dict[str, Any], extras: dict[str, Any] | None) -> dict[str, Any]:
@@ -47,9 +55,17 @@ class ScoredRecords:
 
     def __init__(self, classes: Sequence[str]) -> None:
         self.classes = list(classes)
+        self.file_name = TEST_PREDICTIONS  # test_predictions_<split>.jsonl while the CLI tests several splits
         self.records: list[dict[str, Any]] = []
-        # after write(): every rank's records (core keys only), sorted by id, on rank 0 (intervals, calibration)
+        # after write(): every rank's scored records (core keys only), sorted by id, on rank 0 (intervals, calibration)
         self.gathered: list[dict[str, Any]] = []
+
+    @staticmethod
+    def scored_rows(extras: list[dict[str, Any]] | None, device: Any = None) -> Tensor | None:
+        """``(B,)`` bool of the rows to score from the extras' ``"scored"`` flags; ``None`` when every row is scored."""
+        if not extras or all(is_scored(x or {}) for x in extras):
+            return None
+        return torch.tensor([is_scored(x or {}) for x in extras], dtype=torch.bool, device=device)
 
     def reset(self) -> None:
         """Forget the previous pass (this rank's records and the gathered ones)."""
@@ -57,7 +73,7 @@ class ScoredRecords:
         self.gathered = []
 
     def add(self, batch: Batch, probs: Tensor, extras: list[dict[str, Any]] | None = None) -> None:
-        """Record the batch's scored utterances: ``probs`` ``(B, C)`` as scored, ``extras`` one dict per row."""
+        """Record the batch's utterances: ``probs`` ``(B, C)`` as scored (NaN for unscored rows), ``extras`` per row."""
         ids = list(batch["ids"])
         # the float32 numbers the metrics score (AmbiguityBinnedMetrics.update gets probs.float(), targets.float())
         targets = batch["targets"].detach().float().cpu().tolist()
@@ -86,8 +102,8 @@ class ScoredRecords:
         if trainer.global_rank != 0:
             return None
         records = sorted((r for share in shares for r in share), key=lambda r: str(r["id"]))
-        self.gathered = [{k: r[k] for k in CORE_KEYS} for r in records]
-        out = Path(log_dir or trainer.default_root_dir) / TEST_PREDICTIONS
+        self.gathered = [{k: r[k] for k in CORE_KEYS} for r in records if is_scored(r)]
+        out = Path(log_dir or trainer.default_root_dir) / self.file_name
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text("".join(json.dumps(r, allow_nan=False) + "\n" for r in records), encoding="utf-8")
         return out

@@ -68,7 +68,8 @@ def aggregate(out: str | Path, protocol: dict[str, Any] | None = None) -> dict[s
     }
     if protocol is not None:
         done = {(r["fold"], r["seed"]) for r in runs}
-        expected = [(f, s) for f in range(len(protocol["fold_counts"])) for s in range(int(protocol["seeds"]))]
+        folds = protocol.get("run_folds") or range(len(protocol["fold_counts"]))  # a slice of the folds, or all
+        expected = [(f, s) for f in folds for s in range(int(protocol["seeds"]))]
         summary["missing"] = [experiment_run(f, s) for f, s in expected if (f, s) not in done]
     return summary
 

@@ -45,21 +45,25 @@ def run_test(save_dir: Path, backbone: Path, strategy: str, *extra: str) -> Path
 def check_run(run: Path, strategy: str) -> tuple[dict, list[dict]]:
     metrics = json.loads((run / "test_metrics.json").read_text())
     rows = [json.loads(line) for line in (run / "test_predictions.jsonl").read_text().splitlines()]
-    scored = metrics["scored"]
-    assert scored == metrics["test/count"] == len(rows) > 0
+    scored, invalid = metrics["scored"], metrics["invalid"]  # the config's invalid_fallback: exclude (Appendix A.2)
+    valid = sum(row["valid"] for row in rows)
+    assert scored == metrics["test/count"] == valid > 0  # only the valid answers are scored
+    assert invalid == metrics["test/excluded"] == len(rows) - valid  # every answered utterance has a line
+    assert "test/fallback" not in metrics
     assert 0.0 <= metrics["test/valid_fraction"] <= 1.0
     assert 0.0 <= metrics["test/js"] <= 1.0
     candidates = sum(metrics[f"test/parse/{name}"] for name in PARSE_STRATEGIES)
-    assert candidates == scored * BEAMS[strategy]  # every generated candidate's parse is counted once
-    valid = sum(row["valid"] for row in rows)
-    assert metrics["test/valid_fraction"] == pytest.approx(valid / scored)
-    assert metrics["test/fallback"] == scored - valid
+    assert candidates == len(rows) * BEAMS[strategy]  # every generated candidate's parse is counted once
+    assert metrics["test/valid_fraction"] == pytest.approx(valid / len(rows))
     for row in rows:
-        assert sum(row["probabilities"]) == pytest.approx(1.0, abs=1e-5)
         assert len(row["target"]) == len(row["probabilities"]) == 6
         assert row["parse_strategy"] in (*PARSE_STRATEGIES, "exact")
-        if not row["valid"]:  # the uniform fallback
-            assert row["probabilities"] == pytest.approx([1 / 6] * 6, abs=1e-6)
+        if row["valid"]:
+            assert sum(row["probabilities"]) == pytest.approx(1.0, abs=1e-5)
+            assert "scored" not in row
+        else:  # left out of the metrics, the raw answer kept
+            assert row["scored"] is False
+            assert row["probabilities"] == [None] * 6
         if BEAMS[strategy] > 1:
             assert len(row["candidates"]) == BEAMS[strategy]
     return metrics, rows
@@ -106,4 +110,8 @@ def test_gemini_verifier_and_the_report(tmp_path, tiny_qwen2_audio_dir, monkeypa
     table = (out / "report.md").read_text()
     assert "| base |" in table
     assert "| wverifier |" in table
+    for run in (base, gemini):  # n scored, invalid and the valid fraction beside each row
+        counts = json.loads((run / "test_metrics.json").read_text())
+        fraction = counts["test/valid_fraction"]
+        assert f"| {counts['scored']} | {counts['invalid']} | {fraction:.4f} |" in table
     assert (out / "entropy_bins.png").stat().st_size > 0

@@ -84,7 +84,7 @@ def test_a_demo_fit_is_quiet_and_logs_the_best_val_js_as_hp_metric(tmp_path, rec
     assert not _scalars(run_dir, "lr-AdamW/pg1")
 
     tested = json.loads((run_dir / "test_metrics.json").read_text())  # test_after_fit: in the run directory
-    assert tested["units"] == {"js": "bits", "kl": "nats", "entropy": "nats"}
+    assert tested["units"] == {"js": "bits", "jsd_nats": "nats", "kl": "nats", "entropy": "nats"}
     assert {"test/js", "test/kl"} <= tested.keys()
 
 
@@ -111,7 +111,7 @@ def test_evaluating_a_checkpoint_writes_into_its_run_directory(fitted, recwarn, 
     for stage, k in (("test", 0), ("test", 1), ("validate", 0)):
         metrics = json.loads((run_dir / f"{stage}-{k}" / f"{stage}_metrics.json").read_text())
         assert metrics["checkpoint"] == str(fitted)
-        assert metrics["units"] == {"js": "bits", "kl": "nats", "entropy": "nats"}
+        assert metrics["units"] == {"js": "bits", "jsd_nats": "nats", "kl": "nats", "entropy": "nats"}
     assert (run_dir / "test-0" / "test_predictions.jsonl").is_file()
     assert not (run_dir / "test_metrics.json").exists()  # the fit's own directory is left alone
     lines = (run_dir / "predict-0" / "predictions.jsonl").read_text().splitlines()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard_events import scalars as _scalars
 
 from ser_lightning.cli.train import main
 from ser_lightning.data.shards import iter_shard_meta
@@ -54,17 +54,6 @@ def _args(tmp_path: Path, overlay: Path, epochs: int) -> list[str]:
         *("--data.shards", str(SHARDS)),
         *("--trainer.max_epochs", str(epochs)),
     ]
-
-
-def _scalars(run_dir: Path, tag: str) -> dict[int, float]:
-    """``{step: value}`` of a tag over every events file of the run directory (a resumed run adds one)."""
-    out: dict[int, float] = {}
-    for events_file in sorted(run_dir.glob("events.out.tfevents.*")):
-        events = EventAccumulator(str(events_file))
-        events.Reload()
-        if tag in events.Tags()["scalars"]:
-            out.update({e.step: e.value for e in events.Scalars(tag)})
-    return out
 
 
 def test_the_threshold_continues_after_fit_ckpt_path_last(tmp_path):

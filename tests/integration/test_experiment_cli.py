@@ -64,7 +64,7 @@ def test_aggregate_only_without_runs_fails(tmp_path):
 
 def test_shard_takes_every_nth_run_and_runs_get_their_own_arguments(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(experiment, "_run", lambda out, f, s, configs, overrides, in_process: calls.append((f, s)))
+    monkeypatch.setattr(experiment, "_run", lambda job, in_process: calls.append((job.fold, job.seed)))
     code = main(["--config", *DEMO[:1], "--folds", "2", "--seeds", "3", "--out", str(tmp_path), "--shard", "1/2"])
     assert calls == [(0, 1), (1, 0), (1, 2)]  # runs 1, 3, 5 of (0,0) (0,1) (0,2) (1,0) (1,1) (1,2)
     assert code == 1  # the stub reports every run as failed

@@ -17,6 +17,7 @@ FORBIDDEN = {
     "labels": {"*"},
     "metrics": {"nn", "models", "data", "corpora", "alm", "annotate", "runs", "callbacks", "inference", "cli"},
     "losses": {"nn", "models", "data", "corpora", "alm", "annotate", "runs", "callbacks", "inference", "cli"},
+    "optim": {"nn", "models", "data", "corpora", "alm", "annotate", "runs", "callbacks", "inference", "cli"},
     "nn": {"models", "data", "corpora", "alm", "annotate", "runs", "callbacks", "inference", "cli"},
     "corpora": {"nn", "models", "data", "alm", "annotate", "runs", "callbacks", "inference", "cli"},
     "data": {"models", "alm", "annotate", "runs", "callbacks", "inference", "cli"},

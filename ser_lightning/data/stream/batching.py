@@ -161,7 +161,7 @@ class Collate:
     Every key and shape is listed there. ``entropy`` is each sample's stored exact entropy of the label source
     (``meta["entropy"][label_source]``), ``consensus`` the index in ``meta["classes"]`` of ``meta["consensus"]``
     (-1 when null or absent, and for a DiME mix). Samples without ``target`` (unlabelled audio, ``ser-predict``)
-    give a batch without ``targets``, ``votes`` and ``entropy``.
+    give a batch without ``targets``, ``votes``, ``primary_votes`` and ``entropy``.
 
     Args:
         label_source: key of ``meta["votes"]`` holding the votes that match ``target``.
@@ -208,6 +208,7 @@ class Collate:
             num_classes = targets.shape[1]
             batch["targets"] = torch.from_numpy(targets)
             batch["votes"] = torch.from_numpy(np.stack([self._votes(s, num_classes) for s in samples]))
+            batch["primary_votes"] = torch.from_numpy(np.stack([_primary_votes(s, num_classes) for s in samples]))
             batch["entropy"] = torch.tensor([self._entropy(s) for s in samples], dtype=torch.float64)
         if self.tokenizer is not None:
             tokens = self.tokenizer(
@@ -237,6 +238,15 @@ class Collate:
         if votes is None:
             return np.full(num_classes, math.nan, dtype=np.float32)
         return np.asarray(votes, dtype=np.float32)
+
+
+def _primary_votes(sample: dict[str, Any], num_classes: int) -> np.ndarray:
+    """The stored utterance's primary vote counts; NaN for a DiME mix (no utterance's votes) or none stored."""
+    meta = sample["meta"]
+    votes = None if meta.get("dime") else (meta.get("votes") or {}).get("primary")
+    if votes is None or len(votes) != num_classes:
+        return np.full(num_classes, math.nan, dtype=np.float32)
+    return np.asarray(votes, dtype=np.float32)
 
 
 def _consensus(meta: dict[str, Any]) -> int:

@@ -73,7 +73,9 @@ class SERDataModule(L.LightningDataModule):
             text tensors unless ``connect`` hands one in.
         max_text_length: tokens kept per transcript.
         val_split: split used by ``val_dataloader``.
-        test_split: split used by ``test_dataloader``.
+        test_split: split used by ``test_dataloader``, or a list of splits (``[test1, test2]``): ``train.py test``
+            (and ``test_after_fit``) then runs one pass per split, its metrics prefixed ``test/<split>/``
+            (:meth:`use_test_split` selects the one the loader streams).
         predict_split: split used by ``predict_dataloader``.
         augment: optional stage over decoded training samples, inserted right after decoding
             (e.g. DiME-Aug's ``DimeMixer``), implementing :class:`~ser_lightning.data.stream.pipeline.AugmentStage`.
@@ -110,7 +112,7 @@ class SERDataModule(L.LightningDataModule):
         text_tokenizer: str | None = None,
         max_text_length: int = 64,
         val_split: str = "val",
-        test_split: str = "test",
+        test_split: str | list[str] = "test",
         predict_split: str = "test",
         augment: AugmentStage | None = None,
         allow_partial_eval: bool = False,
@@ -141,7 +143,12 @@ class SERDataModule(L.LightningDataModule):
         self.seed = seed
         self.text_tokenizer = text_tokenizer
         self.max_text_length = max_text_length
-        self.splits = {"val": val_split, "test": test_split, "predict": predict_split}
+        self.test_splits = [test_split] if isinstance(test_split, str) else [str(s) for s in test_split]
+        if not self.test_splits or len(set(self.test_splits)) != len(self.test_splits):
+            raise ValueError(f"test_split must name one split or distinct splits, got {test_split!r}")
+        if split_assignment is not None and len(self.test_splits) > 1:
+            raise ValueError("a split_assignment has one test set: give one test_split with it")
+        self.splits = {"val": val_split, "test": self.test_splits[0], "predict": predict_split}
         self.augment = augment
         self.allow_partial_eval = allow_partial_eval
         if read_retries < 1 or shard_cache_gb <= 0:
@@ -207,14 +214,6 @@ class SERDataModule(L.LightningDataModule):
         stats = self.stages.label_stats()
         return None if stats is None else stats.get(key)
 
-    def label_stats(self) -> dict[str, Any] | None:
-        """The label source's training-set statistics (see :meth:`StageSets.label_stats`)."""
-        return self.stages.label_stats()
-
-    def shard_paths(self, split: str) -> list[str]:
-        """Paths of the split's shards in card order."""
-        return self.stages.shard_paths(split)
-
     def num_samples(self, split: str) -> int:
         """Number of samples of ``split`` according to the card."""
         return self.stages.num_samples(split)
@@ -226,10 +225,6 @@ class SERDataModule(L.LightningDataModule):
     def eval_expectation(self, stage: str) -> EvalExpectation:
         """What an evaluation pass (``stage``: ``val``/``test``) must account for: split, expected count, train mean."""
         return self.stages.expectation(stage, self.allow_partial_eval)
-
-    def damaged_shards(self, split: str) -> list[str]:
-        """One message per damaged shard of ``split`` (see :meth:`StageSets.damaged_shards`)."""
-        return self.stages.damaged_shards(split)
 
     def assigned(self) -> dict[str, Any]:
         """The one scan of ``split_assignment`` over every shard (see :meth:`StageSets.assigned`)."""
@@ -254,6 +249,12 @@ class SERDataModule(L.LightningDataModule):
             expectations={stage: self.eval_expectation(stage) for stage in ("val", "test")},
             damaged_shards=self.stages.damaged_shards,
         )
+
+    def use_test_split(self, split: str) -> None:
+        """Make ``split`` (one of ``test_split``'s) the one the test loader streams and the facts' expectation names."""
+        if split not in self.test_splits:
+            raise ValueError(f"{split!r} is not one of the test splits {self.test_splits}")
+        self.splits["test"] = split
 
     # ---------------------------------------------------------------- model pieces
     def connect(

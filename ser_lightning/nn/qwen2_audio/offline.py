@@ -108,14 +108,7 @@ def offline_qwen2_audio_processor(num_mel_bins: int = 128, vocab_size: int = 128
     backend = Tokenizer(models.WordLevel(vocab=offline_vocabulary(vocab_size), unk_token=UNK))
     backend.normalizer = normalizers.Lowercase()
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        unk_token=UNK,
-        pad_token="<|endoftext|>",
-        eos_token="<|im_end|>",
-        additional_special_tokens=[t for t in QWEN_SPECIAL_IDS if t not in ("<|endoftext|>", "<|im_end|>")],
-        padding_side="right",
-    )
+    tokenizer = qwen_tokenizer(backend)
     extractor = WhisperFeatureExtractor(feature_size=num_mel_bins, sampling_rate=SAMPLING_RATE)
     return Qwen2AudioProcessor(feature_extractor=extractor, tokenizer=tokenizer)
 
@@ -192,3 +185,15 @@ def offline_processor_sizes(config: Mapping[str, Any] | None) -> dict[str, int]:
         "num_mel_bins": int(audio.get("num_mel_bins", 128)),
         "vocab_size": int(text.get("vocab_size", Qwen2AudioConfig().text_config.vocab_size)),
     }
+
+
+def qwen_tokenizer(backend: Tokenizer) -> PreTrainedTokenizerFast:
+    """A fast tokenizer over ``backend`` with Qwen2-Audio's special tokens (pad, end of turn, audio markers)."""
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token=UNK,
+        pad_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        additional_special_tokens=[t for t in QWEN_SPECIAL_IDS if t not in ("<|endoftext|>", "<|im_end|>")],
+        padding_side="right",
+    )

@@ -8,7 +8,12 @@ import torch
 from qwen2_fixtures import RATE, tiny_qwen2_audio_processor, tone
 from transformers import GenerationConfig, Qwen2AudioProcessor, WhisperFeatureExtractor
 
-from ser_lightning.alm.generation import Candidates, generate_candidates, next_token_distribution
+from ser_lightning.alm.generation import (
+    Candidates,
+    continuation_log_likelihoods,
+    generate_candidates,
+    next_token_distribution,
+)
 from ser_lightning.alm.prompts import annotation_conversation
 from ser_lightning.nn.qwen2_audio.offline import TINY_QWEN2_AUDIO_CONFIG, random_qwen2_audio
 
@@ -207,3 +212,33 @@ def test_next_token_distribution_matches_a_manual_forward(tiny) -> None:
     with pytest.raises(ValueError, match="empty"):
         next_token_distribution(model, make_inputs(processor, [0]), [])
 
+
+def _teacher_forced(model, single: dict[str, torch.Tensor], seq: tuple[int, ...], temperature: float) -> float:
+    """log P(seq) after one unpadded prompt: ONE plain forward of prompt + seq (no cache), per-token softmax(z / T)."""
+    ids = torch.cat([single["input_ids"], torch.tensor([seq])], dim=1)
+    mask = torch.ones_like(ids)
+    with torch.inference_mode():
+        logits = model(input_ids=ids, attention_mask=mask, input_features=single["input_features"],
+                       feature_attention_mask=single["feature_attention_mask"], use_cache=False).logits[0]  # fmt: skip
+    start = single["input_ids"].shape[1] - 1
+    logp = torch.log_softmax(logits[start : start + len(seq)].double() / temperature, dim=-1)
+    return float(logp[torch.arange(len(seq)), torch.tensor(seq)].sum())
+
+
+def test_continuation_log_likelihoods_match_plain_forwards_of_each_sequence(tiny) -> None:
+    model, processor = tiny
+    # one-token, a sequence another extends (fed once, shared), a longer one, one whose prefix is fed by nothing else
+    seqs = [(71,), (71, 12), (71, 12, 40), (40, 12), (12, 12, 71, 66)]
+    temperatures = [0.6, 1.0]
+    got = continuation_log_likelihoods(model, make_inputs(processor, [0, 1]), seqs, temperatures)
+    assert got.dtype == torch.float64
+    assert got.shape == (2, len(seqs))
+    for i in (0, 1):
+        single = make_inputs(processor, [i])
+        expected = [_teacher_forced(model, single, s, temperatures[i]) for s in seqs]
+        np.testing.assert_allclose(got[i].numpy(), expected, atol=1e-5)
+    assert got[0, 2] < got[0, 1] < got[0, 0]  # each extra token only lowers the probability
+    with pytest.raises(ValueError, match="non-empty"):
+        continuation_log_likelihoods(model, make_inputs(processor, [0]), [(71,), ()], [1.0])
+    with pytest.raises(ValueError, match="positive temperature"):
+        continuation_log_likelihoods(model, make_inputs(processor, [0]), [(71,)], [0.0])

@@ -1,33 +1,67 @@
-"""The local Qwen2-Audio annotator on tiny random models: loading, sampling, exact mode, batching, seeding."""
+"""The local Qwen2-Audio annotator on tiny random models: loading, sampling, exact mode, batching, seeding.
+
+Exact mode is checked against plain forwards of prompt + class-name tokens, one per written form (no cache).
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from qwen2_fixtures import RATE, tiny_qwen2_audio_dir, tiny_qwen2_audio_processor, tone  # noqa: F401 (fixture)
 from scipy import stats
-from transformers import Qwen2AudioProcessor, WhisperFeatureExtractor
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast, Qwen2AudioProcessor, WhisperFeatureExtractor
 
 from ser_lightning.alm.annotator import AnnotationRequest, AnnotatorBackend, make_backend
 from ser_lightning.alm.prompts import clip_at_rate
-from ser_lightning.alm.qwen2_audio_annotator import Qwen2AudioAnnotator, SeededSampler, class_first_tokens, request_seed
-from ser_lightning.nn.qwen2_audio.offline import TINY_QWEN2_AUDIO_CONFIG, random_qwen2_audio
+from ser_lightning.alm.qwen2_audio_annotator import (
+    Qwen2AudioAnnotator,
+    SeededSampler,
+    class_answer_sequences,
+    class_first_tokens,
+    request_seed,
+)
+from ser_lightning.nn.qwen2_audio.offline import (
+    TINY_QWEN2_AUDIO_CONFIG,
+    UNK,
+    offline_vocabulary,
+    qwen_tokenizer,
+    random_qwen2_audio,
+)
 
 # Single tokens of the offline word-level vocabulary (its normaliser lowercases).
 CLASSES = ("Anger", "Happiness", "Neutral", "Sadness")
 pytestmark = pytest.mark.timeout(120)
 
 
-def short_tiny(seed: int = 0) -> tuple[torch.nn.Module, Qwen2AudioProcessor]:
+def short_tiny(seed: int = 0, tokenizer: Any = None) -> tuple[torch.nn.Module, Qwen2AudioProcessor]:
     """The tiny model with a 1 s encoder window (100 mel frames) and a matching extractor: fast on CPU."""
     audio = {**TINY_QWEN2_AUDIO_CONFIG["audio_config"], "max_source_positions": 50}
     model = random_qwen2_audio({**TINY_QWEN2_AUDIO_CONFIG, "audio_config": audio}, seed=seed)
     extractor = WhisperFeatureExtractor(feature_size=128, sampling_rate=RATE, chunk_length=1)
-    return model, Qwen2AudioProcessor(feature_extractor=extractor, tokenizer=tiny_qwen2_audio_processor().tokenizer)
+    tokenizer = tokenizer or tiny_qwen2_audio_processor().tokenizer
+    return model, Qwen2AudioProcessor(feature_extractor=extractor, tokenizer=tokenizer)
+
+
+def subword_tokenizer() -> PreTrainedTokenizerFast:
+    """A cased WordPiece tokenizer on the offline vocabulary that splits class names: "Anger" is "Ang" "##er".
+
+    "anger" stays one token (a case variant with other tokens), "**" is a token (the markdown-bold form), and
+    "Sadness" / "sadness" are "Sad" / "sad" + "##ness"; the special tokens keep the ids the tiny config expects.
+    """
+    base = offline_vocabulary(TINY_QWEN2_AUDIO_CONFIG["text_config"]["vocab_size"])
+    vocab = {t: i for t, i in base.items() if t not in ("anger", "sadness")}
+    free = [base["anger"], base["sadness"], *range(len(base), len(base) + 6)]
+    vocab.update(zip(["Ang", "##er", "anger", "**", "Sad", "##ness", "Happiness", "Neutral"], free, strict=True))
+    backend = Tokenizer(models.WordPiece(vocab=vocab, unk_token=UNK, continuing_subword_prefix="##"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.decoder = decoders.WordPiece()
+    return qwen_tokenizer(backend)
 
 
 @pytest.fixture(scope="module")
@@ -141,19 +175,124 @@ def test_exact_temperature_scales_log_odds(short_model: tuple) -> None:
 
 def test_class_first_tokens_must_differ() -> None:
     tokenizer = tiny_qwen2_audio_processor().tokenizer
-    assert len(set(class_first_tokens(tokenizer, CLASSES))) == 4
+    assert len(set(class_first_tokens(tokenizer, CLASSES))) == 4  # still the zero-shot model's exact strategy
     with pytest.raises(ValueError, match="first tokens differ"):
         class_first_tokens(tokenizer, ("Anger", "anger management", "Sadness"))
     with pytest.raises(ValueError, match="unknown token"):
         class_first_tokens(tokenizer, ("Joy", "Sadness"))
 
 
+def test_class_answer_sequences_drop_unknown_forms_and_refuse_answers_that_start_another_class() -> None:
+    tokenizer = tiny_qwen2_audio_processor().tokenizer  # word level, lowercasing: every form is one token
+    forms = class_answer_sequences(tokenizer, CLASSES)
+    assert forms == [[(i,)] for i in class_first_tokens(tokenizer, CLASSES)]  # "**" is unknown: no bold form
+    assert class_answer_sequences(tokenizer, ("Sad", "Sadness")) == [
+        [(tokenizer.convert_tokens_to_ids("sad"),)],
+        [(tokenizer.convert_tokens_to_ids("sadness"),)],
+    ]
+    with pytest.raises(ValueError, match="answers differ: 'anger' \\(Anger\\) starts 'anger happiness'"):
+        class_answer_sequences(tokenizer, ("Anger", "anger happiness", "Sadness"))
+    with pytest.raises(ValueError, match="unknown token"):
+        class_answer_sequences(tokenizer, ("Joy", "Sadness"))
+
+
 def test_exact_mode_refuses_colliding_classes_before_any_forward(short_model: tuple) -> None:
     backend = Qwen2AudioAnnotator("tiny", "exact", model_and_processor=short_model)
-    bad = AnnotationRequest("u", 0, tone(0.5), RATE, "hi", ("Anger", "anger management"), 0, 1.0)
-    with pytest.raises(ValueError, match="first tokens differ"):
+    bad = AnnotationRequest("u", 0, tone(0.5), RATE, "hi", ("Anger", "anger happiness"), 0, 1.0)
+    with pytest.raises(ValueError, match="answers differ"):
         backend.annotate([bad])
     assert backend.stats["requests"] == 0
+
+
+def _teacher_forced(model: torch.nn.Module, single: dict, seq: tuple[int, ...], temperature: float) -> float:
+    """log P(seq) after one unpadded prompt: one plain forward of prompt + seq (no cache), per-token softmax(z / T)."""
+    ids = torch.cat([single["input_ids"], torch.tensor([seq])], dim=1)
+    with torch.inference_mode():
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), input_features=single["input_features"],
+                       feature_attention_mask=single["feature_attention_mask"], use_cache=False).logits[0]  # fmt: skip
+    start = single["input_ids"].shape[1] - 1
+    logp = torch.log_softmax(logits[start : start + len(seq)].double() / temperature, dim=-1)
+    return float(logp[torch.arange(len(seq)), torch.tensor(seq)].sum())
+
+
+def _reference(backend: Qwen2AudioAnnotator, request: AnnotationRequest, forms: list[list[str]]) -> np.ndarray:
+    """Class probabilities from the written forms (token strings) given here: log-sum-exp per class, normalised."""
+    single = backend._inputs([request])
+    tokenizer = backend.processor.tokenizer
+    totals = []
+    for class_forms in forms:
+        lls = [_teacher_forced(backend.net, single, tuple(tokenizer.convert_tokens_to_ids(f)), request.temperature)
+               for f in class_forms]  # fmt: skip
+        totals.append(np.logaddexp.reduce(lls))
+    p = np.exp(np.array(totals) - max(totals))
+    return p / p.sum()
+
+
+# The written forms of CLASSES under subword_tokenizer(): cased, lowercase and bold ("Anger" == " Anger" in tokens)
+SUBWORD_FORMS = [
+    [["Ang", "##er"], ["anger"], ["**", "Ang", "##er", "**"]],
+    [["Happiness"], ["happiness"], ["**", "Happiness", "**"]],
+    [["Neutral"], ["neutral"], ["**", "Neutral", "**"]],
+    [["Sad", "##ness"], ["sad", "##ness"], ["**", "Sad", "##ness", "**"]],
+]
+
+
+@pytest.fixture
+def subword_model() -> tuple[torch.nn.Module, Qwen2AudioProcessor]:
+    return short_tiny(seed=2, tokenizer=subword_tokenizer())
+
+
+def test_exact_mode_scores_every_token_of_every_written_form(subword_model: tuple) -> None:
+    backend = Qwen2AudioAnnotator("tiny", "exact", batch_size=4, model_and_processor=subword_model)
+    tokenizer = backend.processor.tokenizer
+    expected = [[tuple(tokenizer.convert_tokens_to_ids(f)) for f in forms] for forms in SUBWORD_FORMS]
+    assert class_answer_sequences(tokenizer, CLASSES) == expected
+    answers = backend.annotate(MIXED)
+    for request, answer in zip(MIXED, answers, strict=True):
+        assert sum(answer.probabilities) == pytest.approx(1.0, abs=1e-12)
+        np.testing.assert_allclose(answer.probabilities, _reference(backend, request, SUBWORD_FORMS), atol=1e-6)
+        assert answer.label == CLASSES[int(np.argmax(answer.probabilities))]
+
+
+def test_a_first_token_alone_is_no_class_and_case_variants_count(subword_model: tuple) -> None:
+    model, processor = subword_model
+    backend = Qwen2AudioAnnotator("tiny", "exact", model_and_processor=subword_model)
+    probe = req("x", temperature=1.0)
+    single = backend._inputs([probe])
+    ang, er, lower = processor.tokenizer.convert_tokens_to_ids(["Ang", "##er", "anger"])
+    with torch.no_grad():
+        h0 = model(**single, output_hidden_states=True).hidden_states[-1][0, -1]  # where the answer starts
+        ids = torch.cat([single["input_ids"], torch.tensor([[ang]])], dim=1)
+        h1 = model(input_ids=ids, attention_mask=torch.ones_like(ids), input_features=single["input_features"],
+                   feature_attention_mask=single["feature_attention_mask"],
+                   output_hidden_states=True).hidden_states[-1][0, -1]  # after "Ang"  # fmt: skip
+        model.lm_head.weight[ang] = 10.0 * h0 / h0.dot(h0)  # "Ang" almost surely starts the answer ...
+        model.lm_head.weight[er] = -10.0 * h1 / h1.dot(h1)  # ... but "##er" almost never follows it
+        logits = model(**single).logits[0, -1]
+    firsts = logits[class_first_tokens(processor.tokenizer, CLASSES)].softmax(-1)
+    assert firsts[0] > 0.99  # the old first-token reading: "Anger"
+    [answer] = backend.annotate([probe])
+    np.testing.assert_allclose(answer.probabilities, _reference(backend, probe, SUBWORD_FORMS), atol=1e-6)
+    assert answer.probabilities[0] < 0.5
+    assert answer.label != "Anger"
+    with torch.no_grad():
+        model.lm_head.weight[lower] = 12.0 * h0 / h0.dot(h0)  # now the lowercase form "anger" is the likely answer
+    [answer] = backend.annotate([probe])
+    np.testing.assert_allclose(answer.probabilities, _reference(backend, probe, SUBWORD_FORMS), atol=1e-6)
+    assert answer.label == "Anger"
+    assert answer.probabilities[0] > 0.9
+
+
+def test_requests_with_other_class_sets_in_one_batch(short_model: tuple) -> None:
+    other = AnnotationRequest("e", 1, tone(0.7, 260), RATE, "hi", ("Sadness", "Anger"), 2, 0.5)
+    requests = [MIXED[0], other, MIXED[1]]
+    together = Qwen2AudioAnnotator("tiny", "exact", batch_size=3, model_and_processor=short_model).annotate(requests)
+    alone = Qwen2AudioAnnotator("tiny", "exact", batch_size=1, model_and_processor=short_model).annotate(requests)
+    assert [len(a.probabilities) for a in together] == [4, 2, 4]
+    np.testing.assert_allclose(
+        [p for a in together for p in a.probabilities], [p for a in alone for p in a.probabilities], atol=1e-6
+    )
+    assert together[1].label in ("Sadness", "Anger")
 
 
 def test_seeded_sampler_frequencies() -> None:

@@ -78,12 +78,13 @@ def test_table_cells_and_relative_changes_by_hand(runs, tmp_path):
     out = tmp_path / "out"
     assert main([str(base), str(tts), "--out", str(out)]) == 0
     table = (out / "report.md").read_text()
-    assert "| demo/version_0 | 0.3592 | 0.6477 | 0.3559 | 0.5000 | 0.4000 | 6 | n/a |" in table
+    # runs written before the accounting's "invalid": n/a, and the valid fraction only where an ALM logged one
+    assert "| demo/version_0 | 0.3592 | 0.6477 | 0.3559 | 0.5000 | 0.4000 | 6 | n/a | n/a |" in table
     # paper Table 2, IEMOCAP: JS 0.3592 -> 0.3450 is +4.0 (lower is better), BC 0.6477 -> 0.6409 is -1.0,
     # R² 0.3559 -> 0.3815 is +7.2; acc 0.5 -> 0.6 is +20%, F1 0.4 -> 0.3 is -25%
     assert (
         "| alm_tts/version_3 | 0.3450 (+4.0%) | 0.6409 (-1.0%) | 0.3815 (+7.2%) | 0.6000 (+20.0%) "
-        "| 0.3000 (-25.0%) | 6 | 0.8333 |"
+        "| 0.3000 (-25.0%) | 6 | n/a | 0.8333 |"
     ) in table
     rows = {r["run"]: r for r in _rows(out / "report.csv")}
     assert rows["demo/version_0"]["js_rel_change"] == "0.0"
@@ -149,3 +150,45 @@ def test_missing_file_exits_2_naming_the_directory(runs, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     assert main([str(base), "--out", str(tmp_path / "o"), "--baseline", "nope"]) == 2
     assert main([str(base), "--out", str(tmp_path / "o"), "--labels", "a,b"]) == 2
+
+
+def test_every_run_shows_n_scored_invalid_and_valid_fraction_and_unscored_lines_stay_out(tmp_path, capsys):
+    trained, alm = tmp_path / "runs" / "demo", tmp_path / "runs" / "alm"
+    _write_run(trained, "base", 1)
+    (trained / "test_metrics.json").write_text(json.dumps({**METRICS["base"], "invalid": 0, "complete": True}))
+    alm.mkdir(parents=True)
+    preds = _preds(2)
+    excluded = {1, 4}  # invalid answers (invalid_fallback: exclude): marked, in no metric
+    lines = []
+    for i, (p, t) in enumerate(zip(preds, TARGETS, strict=True)):
+        record = {"id": f"u{i}", "target": t, "target_entropy": float(scipy_entropy(t)), "probabilities": p.tolist()}
+        if i in excluded:
+            record.update(probabilities=[None] * 4, valid=False, scored=False)
+        lines.append(json.dumps(record))
+    (alm / "test_predictions.jsonl").write_text("\n".join(lines) + "\n")
+    metrics = {**METRICS["base"], "scored": 4, "invalid": 2, "complete": True}  # no logged valid_fraction
+    (alm / "test_metrics.json").write_text(json.dumps(metrics))
+
+    out = tmp_path / "out"
+    assert main([str(trained), str(alm), "--out", str(out)]) == 0
+    assert "warning" not in capsys.readouterr().err  # 4 scored lines for 4 scored, 2 unscored for 2 invalid
+    table = (out / "report.md").read_text()
+    assert "| Run | JS ↓ | BC ↑ | R² ↑ | Acc. ↑ | Macro-F1 ↑ | n | Invalid | Valid |" in table
+    assert "| 0.4000 | 6 | 0 | 1.0000 |" in table  # a trained model: every utterance valid
+    assert "| 0.4000 (+0.0%) | 4 | 2 | 0.6667 |" in table  # 4 / (4 + 2)
+    rows = {r["run"]: r for r in _rows(out / "report.csv")}
+    assert (rows["alm"]["n"], rows["alm"]["invalid"]) == ("4", "2")
+    assert float(rows["alm"]["valid_fraction"]) == pytest.approx(4 / 6)
+    bins = [r for r in _rows(out / "entropy_bins.csv") if r["run"] == "alm"]
+    assert sum(int(r["count"]) for r in bins) == 4
+    kept = [i for i in range(len(TARGETS)) if i not in excluded]
+    js = {i: jensenshannon(preds[i], TARGETS[i], base=2) ** 2 for i in kept}
+    for row in bins:
+        members = [i for i in kept if BINS[i] == int(row["bin"])]
+        assert int(row["count"]) == len(members)
+        if members:
+            assert float(row["js_median"]) == pytest.approx(float(np.median([js[i] for i in members])), abs=1e-9)
+
+    (alm / "test_metrics.json").write_text(json.dumps({**metrics, "invalid": 3}))
+    assert main([str(trained), str(alm), "--out", str(out)]) == 0
+    assert "2 unscored lines in test_predictions.jsonl, 3 invalid" in capsys.readouterr().err

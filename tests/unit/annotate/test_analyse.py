@@ -12,7 +12,7 @@ from scipy.spatial.distance import jensenshannon
 from scipy.stats import entropy as scipy_entropy
 from shard_fixtures import tone, utterance, write_clips
 
-from ser_lightning.annotate.analyse import analyse_store, fit_saturation, js_bits
+from ser_lightning.annotate.analyse import analyse_store, fit_saturation, integer_counts, js_bits
 
 CLASSES = ("Anger", "Happiness", "Neutral", "Sadness")
 SCHEMA = """CREATE TABLE annotations (id TEXT, backend TEXT, model TEXT, mode TEXT, k INTEGER, persona INTEGER,
@@ -152,3 +152,43 @@ def test_the_subsets_follow_the_seed(corpus, tmp_path):
     assert again["saturation"]["js_draws"] == result["saturation"]["js_draws"]
     assert other["saturation"]["n"] == list(range(1, 7))
     assert other["saturation"]["js_draws"][0] != result["saturation"]["js_draws"][0]
+
+
+def test_exact_mode_distributions_are_averaged_and_left_out_of_kappa(corpus, tmp_path):
+    """An exact-mode annotator of the same shards: no kappa for its fractional rows (counted), no combined source."""
+    root, _, sampled = corpus
+    rng = np.random.default_rng(11)
+    rows, dists = [], {}
+    for level, votes in enumerate(HUMAN):
+        for i in range(PER_LEVEL):
+            uid = f"u{level}_{i:03d}"
+            draws = rng.dirichlet(np.array(votes, dtype=float) + 0.5, size=3)
+            dists[uid] = draws.mean(0)
+            rows += [(uid, k, CLASSES[int(p.argmax())], json.dumps(p.tolist())) for k, p in enumerate(draws)]
+    store = tmp_path / "exact.sqlite"
+    with sqlite3.connect(store) as conn:
+        conn.execute(SCHEMA)
+        conn.executemany("INSERT INTO annotations VALUES (?, 'qwen2-audio', 'q', 'exact', ?, 0, 0.5, ?, ?, 'raw', NULL,"
+                         " 'now')", rows)  # fmt: skip
+    conn.close()
+    result = analyse_store(store, root / "shards", tmp_path / "out", seed=3)
+    table = result["table3"]
+    assert set(table) == {"human", "synthetic"}  # a distribution is not added to the human votes
+    assert table["synthetic"]["fleiss_kappa"] is None
+    assert table["synthetic"]["kappa_items"] == 0
+    assert table["synthetic"]["kappa_excluded_items"] == 3 * PER_LEVEL
+    assert table["synthetic"]["kappa_note"].startswith(f"{3 * PER_LEVEL} of {3 * PER_LEVEL} utterances left out")
+    assert table["human"] == sampled["table3"]["human"]  # integer human votes: kappa as before, none left out
+    assert table["human"]["kappa_excluded_items"] == 0
+    ids = sorted(dists)
+    mean = np.array([dists[uid] for uid in ids])
+    assert table["synthetic"]["entropy_mean"] == pytest.approx(np.mean([scipy_entropy(p) for p in mean]))
+    assert result["answers_per_utterance"] == {"min": 3, "max": 3}
+    human = np.array([HUMAN[int(uid[1])] for uid in ids], dtype=float)
+    js = [jensenshannon(p, h / h.sum(), base=2) ** 2 for p, h in zip(mean, human, strict=True)]
+    assert result["saturation"]["js_mean"][-1] == pytest.approx(np.mean(js))  # n = 3: the mean of all three
+    assert all(result["tertiles"][t]["js_combined"] is None for t in ("low", "medium", "high"))
+
+
+def test_integer_counts():
+    assert integer_counts(np.array([[2.0, 3.0], [0.5, 0.5], [1.0 + 1e-12, 0.0]])).tolist() == [True, False, True]

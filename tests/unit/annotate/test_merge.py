@@ -1,4 +1,4 @@
-"""ser-annotate merge: synthetic and combined label sources, null synthetic, the n limit, audio bytes, the card."""
+"""ser-annotate merge: synthetic and combined sources, exact distributions, null synthetic, the n limit, the card."""
 
 import json
 import sqlite3
@@ -9,7 +9,7 @@ import pytest
 from scipy.stats import entropy as scipy_entropy
 from shard_fixtures import write_test_shards
 
-from ser_lightning.annotate.merge import merge_store
+from ser_lightning.annotate.merge import EXACT_RULE, merge_store, synthetic_distribution, synthetic_votes
 from ser_lightning.data.shards import iter_shard_meta, read_card, refresh_card
 from ser_lightning.data.shards.verify import file_sha256, verify_shards
 from ser_lightning.data.stream.datamodule import SERDataModule
@@ -176,12 +176,40 @@ def test_n_keeps_only_the_first_n_annotations(shards, store, tmp_path):
     assert card["annotations"]["valid_answers"] == 2 + 6 * 2
 
 
-def test_exact_mode_rows_add_their_probabilities(shards, store, tmp_path):
-    merge_store(store, shards, tmp_path / "exact", mode="exact")
-    after = metas(tmp_path / "exact")
-    np.testing.assert_allclose(after["val.0000"]["votes"]["synthetic"], [0.6, 0.7, 0.3, 0.4])
-    assert after["val.0001"]["votes"]["synthetic"] is None
-    assert read_card(tmp_path / "exact")["null_labels"]["synthetic"] == {"train": 6, "val": 2}
+def test_exact_mode_rows_are_a_distribution_of_their_own_not_votes(shards, store, tmp_path):
+    card = merge_store(store, shards, tmp_path / "exact", mode="exact")
+    before, after = metas(shards), metas(tmp_path / "exact")
+    mean = np.mean([[0.5, 0.5, 0.0, 0.0], [0.1, 0.2, 0.3, 0.4]], axis=0)  # k=1 has no label but a distribution
+    meta = after["val.0000"]
+    np.testing.assert_allclose(meta["distribution"]["synthetic_exact"], mean)
+    np.testing.assert_allclose(meta["votes"]["synthetic_exact"], mean)  # sums to 1: the readers' presence field
+    assert sum(meta["votes"]["synthetic_exact"]) == pytest.approx(1.0)
+    assert meta["entropy"]["synthetic_exact"] == pytest.approx(scipy_entropy(mean))
+    assert set(meta["votes"]) == {"primary", "synthetic_exact"}  # not added to the human votes: no combined
+    assert meta["votes"]["primary"] == before["val.0000"]["votes"]["primary"]
+    assert after["val.0001"]["votes"]["synthetic_exact"] is None
+    assert card["sources"] == ["primary", "synthetic_exact"]
+    assert card["null_labels"] == {"synthetic_exact": {"train": 6, "val": 2}}
+    assert card["label_sources"]["synthetic_exact"]["rule"] == EXACT_RULE
+    assert card["annotations"]["label_sources"] == ["synthetic_exact"]
+    assert card["annotations"]["valid_answers"] == 2
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for path in (tmp_path / "exact").iterdir():
+        (copy / path.name).write_bytes(path.read_bytes())
+    assert refresh_card(copy) == card
+
+
+def test_synthetic_votes_count_labels_and_distributions_are_checked():
+    rows = [(0, "Anger", [0.9, 0.1, 0.0, 0.0]), (1, "Sadness", None), (2, "Joy", None), (3, None, [0.2, 0.8, 0.0, 0.0])]
+    votes, valid = synthetic_votes(rows, CLASSES)
+    assert votes.tolist() == [1.0, 0.0, 0.0, 1.0]  # integer counts; a row's probabilities are no vote
+    assert valid == 2
+    dist, valid = synthetic_distribution(rows, CLASSES)
+    np.testing.assert_allclose(dist, [0.55, 0.45, 0.0, 0.0])
+    assert valid == 2
+    bad = [(0, "Anger", [0.5, 0.5]), (1, "Anger", [-1.0, 1.0, 0.5, 0.5]), (2, "Anger", [0.0] * 4), (3, "Anger", None)]
+    assert synthetic_distribution(bad, CLASSES) == (None, 0)
 
 
 def test_an_ambiguous_store_or_the_input_as_output_is_refused(shards, store, tmp_path):
@@ -224,7 +252,7 @@ def test_datamodule_skips_null_synthetic_samples_with_a_count(merged, caplog):
 
 def test_datamodule_refuses_a_train_split_without_any_label_of_the_source(shards, store, tmp_path):
     merge_store(store, shards, tmp_path / "exact", mode="exact")  # no train utterance has an exact answer
-    dm = SERDataModule(str(tmp_path / "exact"), label_source="synthetic", num_workers=0)
+    dm = SERDataModule(str(tmp_path / "exact"), label_source="synthetic_exact", num_workers=0)
     with pytest.raises(ValueError, match="null in every train sample"):
         dm.train_dataloader()
     assert dm.bin_edges is None

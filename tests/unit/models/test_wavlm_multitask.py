@@ -63,19 +63,19 @@ def _cb_weights(counts, beta):
 
 
 def test_ce_uses_the_consensus_label_and_leaves_null_rows_out():
-    model = _model(categorical_loss="ce", vad_weight=0.0)
+    model = _model(categorical_loss="ce", hard_target="consensus", vad_weight=0.0)
     batch = _batch()
     logits, _ = _outputs(model, batch)
     nll = -_log_softmax(logits)[np.arange(4), [0, 0, 2, 3]]
     terms = model.training_loss(batch)
     assert terms["categorical"].item() == pytest.approx(nll[[0, 2, 3]].mean(), rel=1e-5)  # row 1 has none
-    assert terms["consensus_missing"].item() == 1.0
+    assert terms["hard_label_missing"].item() == 1.0
     assert terms["loss"].item() == pytest.approx(terms["categorical"].item())
 
 
 def test_cbce_weights_with_beta_0_9999_and_batch_mean():
     counts = [300.0, 2000.0, 100.0, 50.0]
-    model = _model(categorical_loss="cbce", class_counts=counts, vad_weight=0.0)
+    model = _model(categorical_loss="cbce", hard_target="consensus", class_counts=counts, vad_weight=0.0)
     assert model.hparams.cb_beta == 0.9999
     batch = _batch()
     logits, _ = _outputs(model, batch)
@@ -92,14 +92,14 @@ def test_plurality_hard_target_breaks_ties_toward_the_first_class():
     labels = np.array([0, 0, 2, 3])  # rows 0 and 1 tie: the first of the tied classes
     terms = model.training_loss(batch)
     assert terms["categorical"].item() == pytest.approx(-_log_softmax(logits)[np.arange(4), labels].mean(), rel=1e-5)
-    assert "consensus_missing" not in terms
+    assert "hard_label_missing" not in terms
 
 
 def test_a_batch_without_hard_labels_gives_a_zero_loss_that_keeps_the_graph():
-    model = _model(categorical_loss="ce", vad_weight=0.0)
+    model = _model(categorical_loss="ce", hard_target="consensus", vad_weight=0.0)
     terms = model.training_loss(_batch(consensus=(-1, -1, -1, -1)))
     assert terms["loss"].item() == 0.0
-    assert terms["consensus_missing"].item() == 4.0
+    assert terms["hard_label_missing"].item() == 4.0
     terms["loss"].backward()
     grads = [p.grad for p in model.categorical_head.parameters()]
     assert all(g is not None and torch.all(g == 0) for g in grads)
@@ -109,7 +109,21 @@ def test_consensus_is_required_unless_plurality():
     batch = _batch()
     del batch["consensus"]
     with pytest.raises(KeyError, match="consensus"):
-        _model(categorical_loss="ce", vad_weight=0.0).training_loss(batch)
+        _model(categorical_loss="ce", hard_target="consensus", vad_weight=0.0).training_loss(batch)
+
+
+def test_the_default_hard_label_is_the_neutral_guard_of_the_target():
+    model = _model(categorical_loss="ce", vad_weight=0.0, classes=["Angry", "Happy", "Neutral", "Sad"])
+    assert model.hparams.hard_target == "neutral_guard"
+    batch = _batch(consensus=(-1, -1, -1, -1))  # ignored by the guard
+    batch["primary_votes"] = torch.tensor([[1.0, 1, 0, 0], [1, 1, 1, 1], [0, 1, 4, 0], [NAN, NAN, NAN, NAN]])
+    logits, _ = _outputs(model, batch)
+    # row 0 ties Angry/Happy: Happy (later name); row 1 all tie: Sad; row 2 Neutral holds (4 votes, 0.8, +0.6)
+    labels = np.array([1, 3, 2])
+    terms = model.training_loss(batch)
+    want = -_log_softmax(logits)[np.arange(3), labels].mean()  # row 3 has no primary votes: left out
+    assert terms["categorical"].item() == pytest.approx(want, rel=1e-5)
+    assert terms["hard_label_missing"].item() == 1.0
 
 
 @pytest.mark.parametrize("name", ["soft_cbce", "wkld", "js"])
@@ -156,7 +170,7 @@ def test_curriculum_weights_and_hard_rows():
     w = np.clip((1 - H_NORM) ** 2.0, 0.15, 1.0)
     assert model.training_loss(batch)["categorical"].item() == pytest.approx((w * kl).sum() / w.sum(), rel=1e-5)
 
-    ce = _model(categorical_loss="ce", vad_weight=0.0)
+    ce = _model(categorical_loss="ce", hard_target="consensus", vad_weight=0.0)
     nll = -_log_softmax(_outputs(ce, batch)[0])[np.arange(4), [0, 0, 2, 3]]
     ce.curriculum = CurriculumSetting("filter", active=True, threshold=0.6)
     # row 1 has no consensus label and is dropped first; of rows 0, 2, 3 the filter keeps 0 and 2

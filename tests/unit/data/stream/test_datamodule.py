@@ -120,8 +120,8 @@ def test_datamodule_batches_with_tokenizer_from_connect(shard_dir, tiny_tokenize
     batches = list(dm.test_dataloader())
     assert sorted(i for b in batches for i in b["ids"]) == [f"test.{n:04d}" for n in range(10)]
     batch = batches[0]
-    expected = {"audio", "audio_mask", "targets", "votes", "entropy", "vad", "ids", "transcripts", "speakers"}
-    expected |= {"augmented", "consensus"}
+    expected = {"audio", "audio_mask", "targets", "votes", "primary_votes", "entropy", "vad", "ids", "transcripts"}
+    expected |= {"speakers", "augmented", "consensus"}
     assert set(batch) == expected | {"text_input_ids", "text_attention_mask", "skipped", "read_bytes"}
     assert batch["skipped"] == []  # what the stream skipped since the previous batch: nothing here
     assert batch["text_input_ids"].shape == (len(batch["ids"]), 3)  # truncated to max_text_length
